@@ -1,0 +1,34 @@
+# azure_ai_sim: make install | demo | test | bench (run as root on Debian/Ubuntu)
+
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+
+.PHONY: deps install demo test bench lint clean
+
+deps:
+	extension/deps.sh
+
+install: deps
+	extension/install.sh
+
+# The developer environment: pytest, psycopg and ruff for the same Python as the server.
+$(VENV)/.installed: pyproject.toml
+	/usr/bin/python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+demo: install $(VENV)/.installed
+	$(PYTHON) tests/demo.py
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check python tests
+	$(VENV)/bin/ruff format --check python tests
+
+test: install lint
+	$(PYTHON) -m pytest tests --ignore=tests/bench
+
+bench: install $(VENV)/.installed
+	$(PYTHON) -m pytest tests/bench -s
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .ruff_cache

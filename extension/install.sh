@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs the azure_ai_sim package, with its pinned dependencies, for the Python that
+# PL/Python embeds, into a versioned directory; then the control files and the rendered
+# install scripts into the server's extension directory. Run deps.sh first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || exec sudo --preserve-env=AZURE_AI_SIM_LIBDIR,PG_CONFIG "$0" "$@"
+
+pg_config=$(extension/pg_config.sh)
+libdir=${AZURE_AI_SIM_LIBDIR:-/usr/local/lib/azure_ai_sim}
+version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' python/azure_ai_sim/__init__.py)
+python=/usr/bin/python3
+
+# PL/Python embeds libpython, not /usr/bin/python3: the two must be the same version,
+# or compiled dependencies installed for one will not load in the other.
+embedded=$(ldd "$("$pg_config" --pkglibdir)/plpython3.so" | sed -n 's/.*libpython\([0-9.]*[0-9]\).*/\1/p' | head -n 1)
+own=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+if [ "$embedded" != "$own" ]; then
+    echo "PL/Python embeds Python $embedded but $python is $own" >&2
+    exit 1
+fi
+
+mkdir -p "$libdir"
+staging=$(mktemp -d "$libdir/.staging-$version.XXXXXX")
+trap 'rm -rf "$staging"' EXIT
+"$python" -m pip install --quiet --disable-pip-version-check --no-user \
+    --root-user-action=ignore --target "$staging" .
+rm -rf python/build python/*.egg-info build/lib build/bdist*
+chmod -R a+rX "$staging"   # backends run as postgres; an unreadable file fails obscurely
+rm -rf "${libdir:?}/$version"
+mv "$staging" "$libdir/$version"
+
+extdir=$("$pg_config" --sharedir)/extension
+install -m 644 control/*.control "$extdir/"
+PYTHONPATH="$libdir/$version" "$python" -s -m azure_ai_sim.boot \
+    --libdir "$libdir" --out "$extdir" sql/*.sql
+echo "installed azure_ai_sim $version into $libdir/$version and the extensions into $extdir"

@@ -1,0 +1,48 @@
+"""Entry points of the azure_ai extension (schemas azure_ai and azure_ml)."""
+
+from __future__ import annotations
+
+import azure_ai_sim
+from azure_ai_sim import pg
+from azure_ai_sim.settings import SettingsTable, http_url, one_of, pattern, secret
+
+AUTH_TYPE = one_of("subscription-key", "managed-identity")
+
+SETTINGS = SettingsTable(
+    "azure_ai.settings",
+    {
+        "azure_ml.scoring_endpoint": http_url,
+        "azure_ml.endpoint_key": secret,
+        "azure_ml.auth_type": AUTH_TYPE,
+        "azure_ml.serverless_ranking_endpoint": http_url,
+        "azure_ml.serverless_ranking_endpoint_key": secret,
+        "azure_openai.endpoint": http_url,
+        "azure_openai.subscription_key": secret,
+        "azure_openai.auth_type": AUTH_TYPE,
+        "azure_cognitive.endpoint": http_url,
+        "azure_cognitive.subscription_key": secret,
+        "azure_cognitive.auth_type": AUTH_TYPE,
+        "azure_cognitive.region": pattern(
+            "[a-z][a-z0-9]*", "an Azure region name such as eastus or westeurope"
+        ),
+        "azure_cognitive.translator_resource_id": pattern(
+            "(?i)/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
+            "Microsoft.CognitiveServices/accounts/[^/]+",
+            "an Azure resource ID of a Translator account (/subscriptions/.../accounts/<name>)",
+        ),
+    },
+)
+
+
+@pg.sql_function("azure_ai.set_setting")
+def set_setting(key: str | None, value: str | None) -> None:
+    SETTINGS.set(key, value)
+
+
+@pg.sql_function("azure_ai.get_setting")
+def get_setting(key: str | None) -> str | None:
+    return SETTINGS.get(key)
+
+
+def version() -> str:
+    return azure_ai_sim.__version__

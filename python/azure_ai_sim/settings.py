@@ -1,0 +1,99 @@
+"""Settings tables: which keys exist, what values they accept, and reading/writing them.
+
+Each extension owns a table `<schema>.settings(key, value)` registered with
+pg_extension_config_dump, and declares its keys here with a check per key. Values are
+never echoed in errors: several of them are keys or tokens.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+from urllib.parse import urlsplit
+
+from azure_ai_sim import errors, pg
+
+Check = Callable[[str], None]  # raises ValueError with a reason that does not quote the value
+
+_KEY_SHAPE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
+
+
+def http_url(value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or value != value.strip():
+        raise ValueError("must be an http:// or https:// URL with a host")
+    try:
+        parts.port  # noqa: B018 - urlsplit validates the port lazily
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+
+
+def secret(value: str) -> None:
+    """Keys and tokens travel in HTTP headers: no whitespace or control characters."""
+    if not value:
+        raise ValueError("must not be empty")
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise ValueError("must not contain whitespace or control characters")
+
+
+def one_of(*allowed: str) -> Check:
+    def check(value: str) -> None:
+        if value not in allowed:
+            raise ValueError("must be one of: " + ", ".join(allowed))
+
+    return check
+
+
+def pattern(regex: str, description: str) -> Check:
+    compiled = re.compile(regex)
+
+    def check(value: str) -> None:
+        if not compiled.fullmatch(value):
+            raise ValueError("must be " + description)
+
+    return check
+
+
+@dataclass(frozen=True)
+class SettingsTable:
+    table: str
+    checks: dict[str, Check]
+
+    def validate(self, key: str | None, value: str | None) -> str:
+        """Returns the key once it and the value are known to be acceptable."""
+        if key is None:
+            raise errors.NullValueNotAllowed("key must not be NULL")
+        if key not in self.checks:
+            # A secret passed as the key by mistake must not end up in the error.
+            shown = f' "{key}"' if _KEY_SHAPE.fullmatch(key) and len(key) <= 64 else ""
+            raise errors.InvalidParameter(
+                f"unknown setting key{shown}",
+                detail="Valid keys: " + ", ".join(sorted(self.checks)) + ".",
+            )
+        if value is not None:
+            try:
+                self.checks[key](value)
+            except ValueError as reason:
+                raise errors.InvalidParameter(
+                    f'invalid value for setting "{key}": {reason}'
+                ) from None
+        return key
+
+    def get(self, key: str | None) -> str | None:
+        key = self.validate(key, None)
+        rows = pg.execute(f"SELECT value FROM {self.table} WHERE key = $1", ["text"], [key])
+        return rows[0]["value"] if rows else None
+
+    def set(self, key: str | None, value: str | None) -> None:
+        """Stores the value in one statement; NULL removes the setting."""
+        key = self.validate(key, value)
+        if value is None:
+            pg.execute(f"DELETE FROM {self.table} WHERE key = $1", ["text"], [key])
+        else:
+            pg.execute(
+                f"INSERT INTO {self.table} (key, value) VALUES ($1, $2) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                ["text", "text"],
+                [key, value],
+            )
