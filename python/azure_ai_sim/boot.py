@@ -18,7 +18,7 @@ import site
 import sys
 from pathlib import Path
 
-PROLOGUE = '''\
+PROLOGUE = """\
 if GD.get("azure_ai_sim") != "{version}":
     import os, sys
     path = os.environ.get("AZURE_AI_SIM_PYTHON_PATH", "{libdir}/{version}")
@@ -26,9 +26,10 @@ if GD.get("azure_ai_sim") != "{version}":
     try:
         from azure_ai_sim import boot
     except ImportError:
-        plpy.error("azure_ai_sim {version} is not installed in " + path, hint="Run make install.")
+        plpy.error("azure_ai_sim {version} is not installed in " + path,
+                   hint="Run make install.", sqlstate="58P01")
     GD["azure_ai_sim"] = boot.start("{version}", "{extension}", path)
-'''
+"""
 
 MARKER = "#BOOT"
 

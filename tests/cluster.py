@@ -1,0 +1,140 @@
+"""PostgreSQL servers for the tests, the demo and the benchmarks.
+
+Either a throwaway cluster (initdb in a temp dir, a free port, trust auth on a private
+unix socket, run as the postgres user when we are root), or the server that the
+environment variable AZURE_AI_SIM_DSN names. Both hand out fresh databases.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pg_bindir() -> Path:
+    """The binaries of the server the extensions were installed into (see extension/)."""
+    pg_config = subprocess.run(
+        [ROOT / "extension" / "pg_config.sh"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    bindir = subprocess.run([pg_config, "--bindir"], check=True, capture_output=True, text=True)
+    return Path(bindir.stdout.strip())
+
+
+class Server:
+    """A server we may create databases on, as a superuser."""
+
+    def __init__(self, dsn: str, log_path: Path | None = None):
+        self.dsn = dsn
+        self.log_path = log_path
+        self.bindir = pg_bindir()
+
+    def dsn_for(self, dbname: str) -> str:
+        return make_conninfo(self.dsn, dbname=dbname)
+
+    def connect(self, dbname: str | None = None) -> psycopg.Connection:
+        dsn = self.dsn_for(dbname) if dbname else self.dsn
+        return psycopg.connect(dsn, autocommit=True)
+
+    @contextlib.contextmanager
+    def database(self, prefix: str = "t") -> Iterator[str]:
+        """A new empty database, dropped afterwards; yields its DSN."""
+        name = f"{prefix}_{secrets.token_hex(4)}"[-63:]
+        with self.connect() as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield self.dsn_for(name)
+        finally:
+            with self.connect() as conn:
+                conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+    def run(self, program: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        """Runs a client program of the server (psql, pg_dump, ...) and captures its output."""
+        kwargs.setdefault("text", True)
+        return subprocess.run([str(self.bindir / program), *args], capture_output=True, **kwargs)
+
+
+class Cluster(Server):
+    """A private cluster in a temp dir; `with Cluster.started() as server:`."""
+
+    def __init__(self, env: dict[str, str] | None = None):
+        self.dir = Path(tempfile.mkdtemp(prefix="azure_ai_sim-pg-"))
+        self.data = self.dir / "data"
+        self.env = env or {}
+        self.as_owner: list[str] = []
+        if os.geteuid() == 0:  # initdb and postgres refuse to run as root
+            os.chown(self.dir, pwd.getpwnam("postgres").pw_uid, -1)
+            self.as_owner = ["runuser", "-u", "postgres", "--"]
+        port = _free_port()
+        super().__init__(
+            f"host={self.dir} port={port} user=postgres dbname=postgres", self.dir / "server.log"
+        )
+        self.port = port
+
+    @classmethod
+    @contextlib.contextmanager
+    def started(cls, env: dict[str, str] | None = None) -> Iterator[Cluster]:
+        cluster = cls(env)
+        try:
+            cluster.start()
+            yield cluster
+        finally:
+            cluster.destroy()
+
+    def _pg(self, program: str, *args: str) -> None:
+        command = [*self.as_owner, "env", *(f"{k}={v}" for k, v in self.env.items())]
+        subprocess.run(
+            [*command, str(self.bindir / program), *args],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            cwd=self.dir,
+        )
+
+    def start(self) -> None:
+        self._pg("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres",
+                 "-E", "UTF8", "--no-locale", "--no-sync")  # fmt: skip
+        with open(self.data / "postgresql.conf", "a") as conf:
+            conf.write(
+                f"port = {self.port}\n"
+                "listen_addresses = ''\n"
+                f"unix_socket_directories = '{self.dir}'\n"
+                "fsync = off\n"
+                "synchronous_commit = off\n"
+                "full_page_writes = off\n"
+            )
+        self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.log_path), "-w", "start")
+
+    def destroy(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            self._pg("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def server_from_environment() -> Iterator[Server]:
+    """The server AZURE_AI_SIM_DSN names, else a private cluster for the duration."""
+    dsn = os.environ.get("AZURE_AI_SIM_DSN")
+    if dsn:
+        conninfo_to_dict(dsn)  # fail early on a malformed DSN
+        yield Server(dsn)
+    else:
+        with Cluster.started() as cluster:
+            yield cluster
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

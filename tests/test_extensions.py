@@ -1,0 +1,94 @@
+"""CREATE/DROP of the four extensions: dependencies, schemas, roles, settings tables."""
+
+import psycopg
+import pytest
+from conftest import notices
+
+
+def schemas(conn: psycopg.Connection) -> set[str]:
+    return {row[0] for row in conn.execute("SELECT nspname FROM pg_namespace")}
+
+
+def roles(conn: psycopg.Connection) -> set[str]:
+    return {row[0] for row in conn.execute("SELECT rolname FROM pg_roles")}
+
+
+def extensions(conn: psycopg.Connection) -> dict[str, str]:
+    return dict(conn.execute("SELECT extname, extversion FROM pg_extension").fetchall())
+
+
+def test_azure_ai_needs_no_cascade(conn):
+    messages = notices(conn)
+    conn.execute("CREATE EXTENSION azure_ai")
+    try:
+        assert messages == []
+        assert extensions(conn)["azure_ai"] == "0.1.0"
+        assert {"azure_ai", "azure_ml"} <= schemas(conn)
+        assert "azure_ai_settings_manager" in roles(conn)
+        assert conn.execute("SELECT azure_ai.version()").fetchone() == ("0.1.0",)
+    finally:
+        conn.execute("DROP EXTENSION azure_ai")
+    assert not {"azure_ai", "azure_ml"} & schemas(conn)
+    assert "azure_ai_settings_manager" in roles(conn)  # roles belong to the cluster
+
+
+def test_azure_local_ai_cascade_installs_vector(conn):
+    with pytest.raises(psycopg.errors.UndefinedObject, match='"vector" is not installed'):
+        conn.execute("CREATE EXTENSION azure_local_ai")
+    messages = notices(conn)
+    conn.execute("CREATE EXTENSION azure_local_ai CASCADE")
+    try:
+        assert messages == ['installing required extension "vector"']
+        assert {"azure_local_ai", "vector"} <= extensions(conn).keys()
+        assert "azure_local_ai" in schemas(conn)
+        assert "azure_local_ai_setting_manager" in roles(conn)
+        assert conn.execute("SELECT '[1,2,3]'::vector <-> '[1,2,4]'").fetchone() == (1.0,)
+    finally:
+        conn.execute("DROP EXTENSION azure_local_ai, vector")
+
+
+def test_aws_ml_cascade_prints_aurora_notice(conn):
+    messages = notices(conn)
+    conn.execute("CREATE EXTENSION IF NOT EXISTS aws_ml CASCADE")
+    try:
+        assert messages == ['installing required extension "aws_commons"']
+        assert extensions(conn)["aws_ml"] == "2.0"
+        assert extensions(conn)["aws_commons"] == "1.2"
+        assert {"aws_sagemaker", "aws_comprehend", "aws_bedrock", "aws_commons"} <= schemas(conn)
+        assert "aws_ml" in roles(conn)
+        with pytest.raises(psycopg.errors.DependentObjectsStillExist):
+            conn.execute("DROP EXTENSION aws_commons")
+    finally:
+        conn.execute("DROP EXTENSION aws_ml, aws_commons")
+
+
+def test_aws_ml_schemas_belong_to_the_aws_ml_role(conn, make_role):
+    conn.execute("CREATE EXTENSION aws_ml CASCADE")
+    try:
+        outsider, member = make_role(), make_role("aws_ml")
+        for schema in ("aws_sagemaker", "aws_comprehend", "aws_bedrock"):
+            query = "SELECT has_schema_privilege(%s, %s, 'USAGE')"
+            assert conn.execute(query, (outsider, schema)).fetchone() == (False,)
+            assert conn.execute(query, (member, schema)).fetchone() == (True,)
+    finally:
+        conn.execute("DROP EXTENSION aws_ml, aws_commons")
+
+
+def test_all_four_together_and_their_settings_tables_are_dumped(conn):
+    conn.execute("CREATE EXTENSION azure_ai")
+    conn.execute("CREATE EXTENSION azure_local_ai CASCADE")
+    conn.execute("CREATE EXTENSION aws_ml CASCADE")
+    try:
+        dumped = conn.execute(
+            "SELECT e.extname, c.oid::regclass::text FROM pg_extension e,"
+            " unnest(e.extconfig) AS c(oid) ORDER BY 1"
+        ).fetchall()
+        assert dumped == [
+            ("azure_ai", "azure_ai.settings"),
+            ("azure_local_ai", "azure_local_ai.settings"),
+        ]
+    finally:
+        conn.execute("DROP EXTENSION azure_ai, azure_local_ai, vector, aws_ml, aws_commons")
+    assert not {"azure_ai", "azure_local_ai", "aws_ml", "aws_commons", "vector"} & set(
+        extensions(conn)
+    )
