@@ -62,17 +62,17 @@ class Server:
 
     def run(self, program: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
         """Runs a client program of the server (psql, pg_dump, ...) and captures its output."""
-        kwargs.setdefault("text", True)
-        return subprocess.run([str(self.bindir / program), *args], capture_output=True, **kwargs)
+        kwargs = {"text": True, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **kwargs}
+        return subprocess.run([str(self.bindir / program), *args], **kwargs)
 
 
 class Cluster(Server):
-    """A private cluster in a temp dir; `with Cluster.started() as server:`."""
+    """A private cluster in a temp dir, started by `with`, removed afterwards."""
 
-    def __init__(self, env: dict[str, str] | None = None):
+    def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="azure_ai_sim-pg-"))
         self.data = self.dir / "data"
-        self.env = env or {}
+        self.env: dict[str, str] = {}  # the server's extra environment, set before start
         self.as_owner: list[str] = []
         if os.geteuid() == 0:  # initdb and postgres refuse to run as root
             os.chown(self.dir, pwd.getpwnam("postgres").pw_uid, -1)
@@ -83,15 +83,16 @@ class Cluster(Server):
         )
         self.port = port
 
-    @classmethod
-    @contextlib.contextmanager
-    def started(cls, env: dict[str, str] | None = None) -> Iterator[Cluster]:
-        cluster = cls(env)
+    def __enter__(self) -> Cluster:
         try:
-            cluster.start()
-            yield cluster
-        finally:
-            cluster.destroy()
+            self.start()
+        except BaseException:
+            self.destroy()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.destroy()
 
     def _pg(self, program: str, *args: str) -> None:
         command = [*self.as_owner, "env", *(f"{k}={v}" for k, v in self.env.items())]
@@ -130,7 +131,7 @@ def server_from_environment() -> Iterator[Server]:
         conninfo_to_dict(dsn)  # fail early on a malformed DSN
         yield Server(dsn)
     else:
-        with Cluster.started() as cluster:
+        with Cluster() as cluster:
             yield cluster
 
 

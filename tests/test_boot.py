@@ -92,18 +92,17 @@ def test_the_server_environment_overrides_the_directory(conn, server):
         pytest.skip("needs a server started by the tests")
     create_function(conn, "package_dir", installed_prologue(conn) + "    return path\n")
     installed = conn.execute("SELECT package_dir()").fetchone()[0]
-    with Cluster.started() as probe:
-        copy = probe.dir / "other"
-        shutil.copytree(installed, copy)
-        init = copy / "azure_ai_sim" / "__init__.py"
-        init.write_text(init.read_text().replace(f'"{__version__}"', '"9.9.9"'))
-        shutil.rmtree(copy / "azure_ai_sim" / "__pycache__", ignore_errors=True)
-        shutil.chown(probe.dir, "postgres")
-        with Cluster.started(env={"AZURE_AI_SIM_PYTHON_PATH": str(copy)}) as other:
-            with other.connect() as other_conn:
-                other_conn.execute("CREATE EXTENSION azure_ai")
-                with pytest.raises(psycopg.errors.FeatureNotSupported) as caught:
-                    other_conn.execute("SELECT azure_ai.version()")
+    other = Cluster()
+    copy = other.dir / "azure_ai_sim-copy"
+    shutil.copytree(installed, copy)
+    init = copy / "azure_ai_sim" / "__init__.py"
+    init.write_text(init.read_text().replace(f'"{__version__}"', '"9.9.9"'))
+    shutil.rmtree(copy / "azure_ai_sim" / "__pycache__")
+    other.env["AZURE_AI_SIM_PYTHON_PATH"] = str(copy)
+    with other, other.connect() as other_conn:
+        other_conn.execute("CREATE EXTENSION azure_ai")
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as caught:
+            other_conn.execute("SELECT azure_ai.version()")
     assert caught.value.diag.message_primary == (
         f"azure_ai: extension azure_ai needs azure_ai_sim {__version__}, but this session "
         f"loaded 9.9.9 from {copy}/azure_ai_sim"
