@@ -83,7 +83,9 @@ def test_a_missing_install_is_reported(conn):
     assert caught.value.diag.message_primary.startswith(
         "plpy.Error: azure_ai_sim 0.0.0-missing is not installed in /"
     )
-    assert caught.value.diag.message_hint == "Run make install."
+    assert caught.value.diag.message_hint == (
+        "Run make install, or ALTER EXTENSION azure_ai UPDATE."
+    )
 
 
 def test_the_server_environment_overrides_the_directory(conn, server):

@@ -32,6 +32,16 @@ def test_azure_ai_needs_no_cascade(conn):
     assert "azure_ai_settings_manager" in roles(conn)  # roles belong to the cluster
 
 
+def test_recreating_azure_ai_in_one_session_keeps_settings_working(conn):
+    """Queries are prepared once per backend; they must follow a recreated table."""
+    for auth_type in ("managed-identity", "subscription-key"):
+        conn.execute("CREATE EXTENSION azure_ai")
+        conn.execute("SELECT azure_ai.set_setting('azure_ml.auth_type', %s)", (auth_type,))
+        got = conn.execute("SELECT azure_ai.get_setting('azure_ml.auth_type')").fetchone()
+        conn.execute("DROP EXTENSION azure_ai")
+        assert got == (auth_type,)
+
+
 def test_azure_local_ai_cascade_installs_vector(conn):
     with pytest.raises(psycopg.errors.UndefinedObject, match='"vector" is not installed'):
         conn.execute("CREATE EXTENSION azure_local_ai")

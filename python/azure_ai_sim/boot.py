@@ -26,8 +26,8 @@ if GD.get("azure_ai_sim") != "{version}":
     try:
         from azure_ai_sim import boot
     except ImportError:
-        plpy.error("azure_ai_sim {version} is not installed in " + path,
-                   hint="Run make install.", sqlstate="58P01")
+        plpy.error("azure_ai_sim {version} is not installed in " + path, sqlstate="58P01",
+                   hint="Run make install, or ALTER EXTENSION {extension} UPDATE.")
     GD["azure_ai_sim"] = boot.start("{version}", "{extension}", path)
 """
 
