@@ -11,10 +11,11 @@ deps:
 install: deps
 	extension/install.sh
 
-# The developer environment: pytest, psycopg and ruff for the same Python as the server.
+# The developer environment: pytest, psycopg, ruff and the simulators' models, for the
+# same Python as the server.
 $(VENV)/.installed: pyproject.toml
 	/usr/bin/python3 -m venv $(VENV)
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev,sim]'
 	touch $@
 
 demo: install $(VENV)/.installed
