@@ -44,6 +44,43 @@ AS $$
     return azure_ai.get_setting(key)
 $$;
 
+-- Azure ML: score input_data on the endpoint of the azure_ml.scoring_endpoint setting.
+-- SECURITY DEFINER: it reads the endpoint key, which its callers may not read.
+CREATE FUNCTION azure_ml.invoke(
+    input_data jsonb,
+    timeout_ms integer DEFAULT NULL,
+    throw_on_error boolean DEFAULT true,
+    deployment_name text DEFAULT NULL,
+    max_attempts integer DEFAULT 1,
+    retry_delay_ms integer DEFAULT 1000
+) RETURNS jsonb
+    LANGUAGE azure_ai_plpython VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    #BOOT
+    from azure_ai_sim import azure_ml
+    return azure_ml.invoke(input_data, timeout_ms, throw_on_error, deployment_name,
+                           max_attempts, retry_delay_ms)
+$$;
+
+-- Newer Azure material calls invoke(input, deployment) by position.
+CREATE FUNCTION azure_ml.invoke(input jsonb, deployment text) RETURNS jsonb
+    LANGUAGE sql VOLATILE
+    RETURN azure_ml.invoke(input, deployment_name => deployment);
+
+-- The name of the first previews.
+CREATE FUNCTION azure_ml.inference(
+    input_data jsonb,
+    timeout_ms integer DEFAULT NULL,
+    throw_on_error boolean DEFAULT true,
+    deployment_name text DEFAULT NULL,
+    max_attempts integer DEFAULT 1,
+    retry_delay_ms integer DEFAULT 1000
+) RETURNS jsonb
+    LANGUAGE sql VOLATILE
+    RETURN azure_ml.invoke(input_data, timeout_ms, throw_on_error, deployment_name,
+                           max_attempts, retry_delay_ms);
+
 -- The version of the code this session runs.
 CREATE FUNCTION azure_ai.version() RETURNS text
     LANGUAGE azure_ai_plpython STABLE PARALLEL SAFE

@@ -9,12 +9,24 @@ from __future__ import annotations
 
 class Error(Exception):
     sqlstate = "XX000"
+    # throw_on_error => false turns a failed call into NULL and a WARNING; errors of
+    # the caller's own making (bad arguments, missing settings) and interrupts still raise.
+    failed_call = False
 
-    def __init__(self, message: str, *, detail: str | None = None, hint: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        detail: str | None = None,
+        hint: str | None = None,
+        sqlstate: str | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.detail = detail
         self.hint = hint
+        if sqlstate:
+            self.sqlstate = sqlstate
 
 
 class InvalidParameter(Error):
@@ -38,3 +50,60 @@ class ParallelMode(Error):
 
 class VersionMismatch(Error):
     sqlstate = "0A000"  # feature_not_supported
+
+
+class SettingMissing(Error):
+    sqlstate = "55000"  # object_not_in_prerequisite_state
+
+
+class Interrupted(Error):
+    """PostgreSQL's own cancel, statement timeout or shutdown, with its SQLSTATE."""
+
+
+class CallFailed(Error):
+    """A call to a service that did not succeed: the status decides the SQLSTATE."""
+
+    failed_call = True
+
+    def __init__(self, message: str, *, request_id: str | None = None, **kwargs: str | None):
+        super().__init__(message, **kwargs)
+        self.request_id = request_id  # the service's, for its support staff
+
+
+class ConnectFailed(CallFailed):
+    sqlstate = "08001"  # sqlclient_unable_to_establish_sqlconnection
+
+
+class ConnectionLost(CallFailed):
+    sqlstate = "08006"  # connection_failure
+
+
+class TimedOut(CallFailed):
+    sqlstate = "57014"  # query_canceled, as statement_timeout
+
+
+class ResponseTooLarge(CallFailed):
+    sqlstate = "54000"  # program_limit_exceeded
+
+
+class InvalidResponse(CallFailed):
+    sqlstate = "22032"  # invalid_json_text
+
+
+# The SQLSTATE of an HTTP error status; others fall back to the status class.
+HTTP_SQLSTATES = {
+    400: "22023",  # invalid_parameter_value: the service rejected the input
+    401: "28000",  # invalid_authorization_specification
+    403: "42501",  # insufficient_privilege
+    404: "42704",  # undefined_object: no such endpoint or deployment
+    408: "57014",  # query_canceled: the service gave up waiting
+    413: "54000",  # program_limit_exceeded
+    424: "38000",  # external_routine_exception: the model raised
+    429: "53400",  # configuration_limit_exceeded: throttled
+}
+
+
+def http_sqlstate(status: int) -> str:
+    if status in HTTP_SQLSTATES:
+        return HTTP_SQLSTATES[status]
+    return "22000" if status < 500 else "58000"  # data_exception | system_error

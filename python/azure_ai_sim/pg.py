@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any, Callable, TypeVar
 
@@ -17,7 +19,37 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _plans: dict[str, Any] = {}
 _error_classes: dict[str, type] = {}
-_is_in_parallel_mode: Callable[[], bool] | None = None
+_backend: _Backend | None = None
+
+# How long the backend's thread waits for I/O before it looks for a cancel again.
+WAIT_SLICE_SECONDS = 0.02
+
+
+class _Backend:
+    """Functions and variables of the postgres executable, which exports its symbols."""
+
+    def __init__(self) -> None:
+        postgres = ctypes.CDLL(None)
+        self.is_in_parallel_mode = postgres.IsInParallelMode
+        self.is_in_parallel_mode.restype = ctypes.c_bool
+        self.is_in_parallel_mode.argtypes = []
+        self.interrupt_pending = ctypes.c_int.in_dll(postgres, "InterruptPending")
+        self.statement_timeout_ms = ctypes.c_int.in_dll(postgres, "StatementTimeout")
+        self.statement_start = postgres.GetCurrentStatementStartTimestamp
+        self.now = postgres.GetCurrentTimestamp
+        for clock in (self.statement_start, self.now):
+            clock.restype = ctypes.c_int64  # TimestampTz: microseconds
+            clock.argtypes = []
+        self.get_config_option = postgres.GetConfigOption
+        self.get_config_option.restype = ctypes.c_char_p
+        self.get_config_option.argtypes = [ctypes.c_char_p, ctypes.c_bool, ctypes.c_bool]
+
+
+def _postgres() -> _Backend:
+    global _backend
+    if _backend is None:
+        _backend = _Backend()
+    return _backend
 
 
 def in_parallel_mode() -> bool:
@@ -27,13 +59,61 @@ def in_parallel_mode() -> bool:
     parallel mode; the resulting ERROR escapes through Python's frames and has crashed the
     server. So this must be known without SPI.
     """
-    global _is_in_parallel_mode
-    if _is_in_parallel_mode is None:
-        postgres = ctypes.CDLL(None)
-        postgres.IsInParallelMode.restype = ctypes.c_bool
-        postgres.IsInParallelMode.argtypes = []
-        _is_in_parallel_mode = postgres.IsInParallelMode
-    return _is_in_parallel_mode()
+    return _postgres().is_in_parallel_mode()
+
+
+def statement_id() -> int:
+    """Changes with every top-level statement: the key of per-statement caches."""
+    return _postgres().statement_start()
+
+
+def statement_seconds_left() -> float | None:
+    """What statement_timeout leaves of the current statement; None without a timeout."""
+    backend = _postgres()
+    timeout_ms = backend.statement_timeout_ms.value
+    if timeout_ms <= 0:
+        return None
+    elapsed_us = backend.now() - backend.statement_start()
+    return max(timeout_ms / 1000 - elapsed_us / 1e6, 0.0)
+
+
+def setting(name: str) -> str | None:
+    """A configuration parameter (GUC) of this session, custom ones included."""
+    value = _postgres().get_config_option(name.encode(), True, False)
+    return value.decode() if value is not None else None
+
+
+def check_for_interrupts() -> None:
+    """Lets PostgreSQL act on a pending cancel, statement timeout or terminate.
+
+    Reading the flag costs nothing; only when it is set do we run a statement, during
+    which PostgreSQL processes the interrupt and raises its own error (57014 and others).
+    """
+    if not _postgres().interrupt_pending.value:
+        return
+    import plpy
+
+    try:
+        execute("SELECT 1")
+    except plpy.SPIError as interrupt:
+        raise errors.Interrupted(str(interrupt), sqlstate=interrupt.sqlstate) from None
+
+
+def sleep(seconds: float) -> None:
+    """time.sleep that a cancel or statement timeout interrupts within a slice."""
+    wait_for(threading.Event(), seconds)
+
+
+def wait_for(event: threading.Event, seconds: float) -> bool:
+    """Waits up to `seconds` for the event, checking for interrupts in between slices."""
+    end = time.monotonic() + seconds
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            return event.is_set()
+        if event.wait(min(WAIT_SLICE_SECONDS, left)):
+            return True
+        check_for_interrupts()
 
 
 def execute(query: str, types: Sequence[str] = (), args: Sequence[Any] = ()) -> list[dict]:
@@ -64,6 +144,14 @@ def sql_error(error: errors.Error, source: str) -> Exception:
     exception.detail = error.detail
     exception.hint = error.hint
     return exception
+
+
+def warning(error: errors.Error, source: str) -> None:
+    """Reports an error as a WARNING, for calls made with throw_on_error => false."""
+    import plpy
+
+    extra = {"detail": error.detail, "hint": error.hint, "sqlstate": error.sqlstate}
+    plpy.warning(f"{source}: {error.message}", **{k: v for k, v in extra.items() if v})
 
 
 def sql_function(name: str) -> Callable[[F], F]:

@@ -8,7 +8,6 @@ never echoed in errors: several of them are keys or tokens.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import urlsplit
 
@@ -55,10 +54,26 @@ def pattern(regex: str, description: str) -> Check:
     return check
 
 
-@dataclass(frozen=True)
 class SettingsTable:
-    table: str
-    checks: dict[str, Check]
+    """One extension's settings; functions that need them read them once per statement."""
+
+    def __init__(self, table: str, checks: dict[str, Check]):
+        self.table = table
+        self.checks = checks
+        self._snapshot: dict[str, str] = {}
+        self._snapshot_statement: int | None = None
+
+    def snapshot(self) -> dict[str, str]:
+        """All settings as this statement sees them: one query per statement, not per row.
+
+        Another session's change shows from our next statement on; our own at once.
+        """
+        statement = pg.statement_id()
+        if statement != self._snapshot_statement:
+            rows = pg.execute(f"SELECT key, value FROM {self.table}")
+            self._snapshot = {row["key"]: row["value"] for row in rows}
+            self._snapshot_statement = statement
+        return self._snapshot
 
     def validate(self, key: str | None, value: str | None) -> str:
         """Returns the key once it and the value are known to be acceptable."""
@@ -88,6 +103,7 @@ class SettingsTable:
     def set(self, key: str | None, value: str | None) -> None:
         """Stores the value in one statement; NULL removes the setting."""
         key = self.validate(key, value)
+        self._snapshot_statement = None
         if value is None:
             pg.execute(f"DELETE FROM {self.table} WHERE key = $1", ["text"], [key])
         else:

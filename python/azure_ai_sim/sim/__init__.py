@@ -1,0 +1,11 @@
+"""Local simulators of the cloud services the extensions call, for tests, demo and benchmarks.
+
+Each runs a real HTTP/1.1 server on loopback, in-process (AzureMLSimulator(...).start()
+returns its base URL) or as a command (python -m azure_ai_sim.sim azureml --port 0). See
+server.py for the fault-injection and request-recording control API they share.
+"""
+
+from azure_ai_sim.sim.azureml import AzureMLSimulator
+from azure_ai_sim.sim.server import Fault, Simulator
+
+__all__ = ["AzureMLSimulator", "Fault", "Simulator"]

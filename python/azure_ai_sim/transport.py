@@ -1,0 +1,423 @@
+"""HTTP for every cloud call: keep-alive connections, deadlines, retries and cancellation.
+
+A blocking socket read ignores pg_cancel_backend and statement_timeout until it returns,
+so each attempt runs on an I/O thread while the backend's own thread waits in short
+slices and lets PostgreSQL process interrupts in between (pg.wait_for). On a cancel or a
+deadline the socket is shut down, which ends the attempt, and the thread is retired.
+
+http.client with one kept-alive connection per endpoint is the transport: on loopback it
+costs about half of urllib3 per call and a fifth of requests, and we need nothing more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import queue
+import random
+import select
+import signal
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from functools import lru_cache
+from typing import Any
+from urllib.parse import urlsplit
+
+from azure_ai_sim import errors, pg
+
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+SERVICE_MESSAGE_CHARS = 500
+REQUEST_ID_HEADERS = ("x-ms-request-id", "x-request-id", "x-amzn-requestid")
+
+
+class Deadline:
+    """A point in time that the whole call, retries and waits included, must not pass."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return max(self.end - time.monotonic(), 0.0)
+
+
+@dataclass
+class Request:
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    max_response_bytes: int
+    # Values that must never appear in an error: keys and tokens sent in the headers.
+    secrets: tuple[str, ...] = ()
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+    attempts: int = 1
+
+    @property
+    def request_id(self) -> str | None:
+        return next((self.headers[h] for h in REQUEST_ID_HEADERS if h in self.headers), None)
+
+
+@dataclass
+class RetryPolicy:
+    max_attempts: int = 1
+    delay_seconds: float = 1.0
+    jitter: Callable[[], float] = field(default=random.random)
+
+    def backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Exponential backoff with jitter, never shorter than the service's Retry-After."""
+        exponential = self.delay_seconds * 2 ** (attempt - 1)
+        jittered = exponential * (0.5 + self.jitter() / 2)
+        return max(jittered, retry_after or 0.0)
+
+
+def send(request: Request, deadline: Deadline, policy: RetryPolicy) -> Response:
+    """Sends the request until it succeeds, fails for good, or the deadline comes."""
+    attempt = 0
+    while True:
+        attempt += 1
+        attempts_left = policy.max_attempts - attempt + 1
+        failure: errors.CallFailed
+        retry_after = None
+        try:
+            response = _attempt(request, Deadline(deadline.left() / attempts_left))
+        except (errors.ConnectFailed, errors.ConnectionLost, errors.TimedOut) as lost:
+            failure = lost
+        else:
+            response.attempts = attempt
+            if 200 <= response.status < 300:
+                return response
+            failure = _status_error(request, response)
+            retry_after = _retry_after_seconds(response.headers.get("retry-after"))
+            if response.status not in RETRY_STATUSES:
+                raise _with_attempts(failure, attempt, request)
+        if attempt >= policy.max_attempts:
+            raise _with_attempts(failure, attempt, request)
+        wait = policy.backoff(attempt, retry_after)
+        if wait >= deadline.left():
+            raise _with_attempts(failure, attempt, request, "the next retry would pass the timeout")
+        pg.sleep(wait)
+
+
+def service_message(body: bytes) -> str:
+    """The service's own words: a JSON message field if there is one, else the text."""
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return _trim(" ".join(text.split()))
+    found = _find_message(document)
+    return _trim(found if found is not None else text)
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
+def _find_message(document: Any) -> str | None:
+    if isinstance(document, dict):
+        for key in ("message", "Message", "error_description", "detail", "error"):
+            value = document.get(key)
+            if isinstance(value, str):
+                return value
+            if isinstance(value, dict):
+                return _find_message(value)
+    return None
+
+
+def _trim(text: str) -> str:
+    return text if len(text) <= SERVICE_MESSAGE_CHARS else text[:SERVICE_MESSAGE_CHARS] + "…"
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+    except (TypeError, ValueError):
+        return None
+
+
+def _status_error(request: Request, response: Response) -> errors.CallFailed:
+    message = f"HTTP {response.status} from {_show(request.url)}"
+    reason = service_message(response.body)
+    if reason:
+        message += f": {reason}"
+    return errors.CallFailed(
+        message, sqlstate=errors.http_sqlstate(response.status), request_id=response.request_id
+    )
+
+
+def _with_attempts(
+    failure: errors.CallFailed, attempts: int, request: Request, why_stopped: str | None = None
+) -> errors.CallFailed:
+    """Adds what the caller needs to act on: attempts, request ids; removes secrets."""
+    details = [f"attempts: {attempts}"]
+    if why_stopped:
+        details.append(why_stopped)
+    if failure.request_id:
+        details.append(f"request id: {failure.request_id}")
+    client_id = request.headers.get("x-ms-client-request-id")
+    if client_id:
+        details.append(f"client request id: {client_id}")
+    failure.message = redact(failure.message, request.secrets)
+    failure.detail = "; ".join(details) + "."
+    failure.args = (failure.message,)
+    return failure
+
+
+def _show(url: str) -> str:
+    """The URL as errors show it: no query string, which may carry a signature."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+# --- one attempt, on the I/O thread -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    scheme: str
+    host: str
+    port: int
+    path: str
+
+
+@lru_cache(maxsize=256)
+def _endpoint(url: str) -> _Endpoint:
+    parts = urlsplit(url)
+    default_port = 443 if parts.scheme == "https" else 80
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return _Endpoint(parts.scheme, parts.hostname or "", parts.port or default_port, path)
+
+
+class _Connections:
+    """Kept-alive connections by endpoint, checked out while in use, for this backend."""
+
+    def __init__(self) -> None:
+        self._idle: dict[tuple[str, str, int], http.client.HTTPConnection] = {}
+        self._lock = threading.Lock()
+
+    def checkout(self, endpoint: _Endpoint) -> tuple[http.client.HTTPConnection, bool]:
+        key = (endpoint.scheme, endpoint.host, endpoint.port)
+        with self._lock:
+            connection = self._idle.pop(key, None)
+        if connection is not None and connection.sock is not None:
+            if not _closed_by_peer(connection.sock):
+                return connection, True
+            connection.close()
+        if endpoint.scheme == "https":
+            return http.client.HTTPSConnection(
+                endpoint.host, endpoint.port, context=_tls_context()
+            ), False
+        return http.client.HTTPConnection(endpoint.host, endpoint.port), False
+
+    def checkin(self, endpoint: _Endpoint, connection: http.client.HTTPConnection) -> None:
+        key = (endpoint.scheme, endpoint.host, endpoint.port)
+        with self._lock:
+            previous = self._idle.pop(key, None)
+            self._idle[key] = connection
+        if previous is not None:
+            previous.close()
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """An idle kept-alive socket that is readable has been closed by the server."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    return bool(readable)
+
+
+@lru_cache(maxsize=1)
+def _tls_context() -> ssl.SSLContext:
+    return ssl.create_default_context()
+
+
+_connections = _Connections()
+
+
+class _Exchange:
+    """One request and its response on one connection; the backend's thread may abort it."""
+
+    def __init__(self, request: Request, endpoint: _Endpoint, timeout: float):
+        self.request = request
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.connection: http.client.HTTPConnection | None = None
+        self.aborted = False
+
+    def run(self) -> Response:
+        connection, reused = _connections.checkout(self.endpoint)
+        self.connection = connection
+        try:
+            response = self._exchange(connection)
+        except (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine):
+            connection.close()
+            if not reused or self.aborted:
+                raise
+            # The server closed the kept-alive connection as we sent: once more, afresh.
+            connection, _ = _connections.checkout(self.endpoint)
+            self.connection = connection
+            response = self._exchange(connection)
+        except BaseException:
+            connection.close()
+            raise
+        return response
+
+    def _exchange(self, connection: http.client.HTTPConnection) -> Response:
+        connection.timeout = self.timeout
+        if connection.sock is not None:
+            connection.sock.settimeout(self.timeout)
+        request = self.request
+        try:
+            connection.request(request.method, self.endpoint.path, request.body, request.headers)
+        except OSError as error:
+            if connection.sock is None or isinstance(error, (ssl.SSLError, socket.gaierror)):
+                raise errors.ConnectFailed(_connect_message(request.url, error)) from None
+            raise
+        reply = connection.getresponse()
+        headers = {name.lower(): value for name, value in reply.getheaders()}
+        length = headers.get("content-length")
+        limit = request.max_response_bytes
+        if length is not None and length.isdigit() and int(length) > limit:
+            connection.close()
+            raise _too_large(request, int(length))
+        body = reply.read(limit + 1)
+        if len(body) > limit:
+            connection.close()
+            raise _too_large(request, None)
+        if reply.will_close or not reply.isclosed():
+            connection.close()
+        else:
+            _connections.checkin(self.endpoint, connection)
+        return Response(reply.status, headers, body)
+
+    def abort(self) -> None:
+        """From the backend's thread: end the exchange by shutting its socket down."""
+        self.aborted = True
+        connection = self.connection
+        sock = connection.sock if connection is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):  # already closed
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def _too_large(request: Request, size: int | None) -> errors.ResponseTooLarge:
+    shown = f"{size} bytes" if size is not None else "more"
+    return errors.ResponseTooLarge(
+        f"the response from {_show(request.url)} is {shown}, over the limit of "
+        f"{request.max_response_bytes} bytes",
+        hint="Raise azure_ai.max_response_bytes if the response is expected to be this large.",
+    )
+
+
+def _connect_message(url: str, error: OSError) -> str:
+    return f"could not connect to {_show(url)}: {error.strerror or error}"
+
+
+def _attempt(request: Request, deadline: Deadline) -> Response:
+    exchange = _Exchange(request, _endpoint(request.url), max(deadline.left(), 0.001))
+    try:
+        return run_blocking(exchange.run, deadline, exchange.abort)
+    except (errors.TimedOut, TimeoutError):
+        raise errors.TimedOut(
+            f"no response from {_show(request.url)} within {deadline.seconds * 1000:.0f} ms"
+        ) from None
+    except errors.Error:
+        raise
+    except (OSError, http.client.HTTPException) as error:
+        raise errors.ConnectionLost(
+            f"the connection to {_show(request.url)} failed: {error or type(error).__name__}"
+        ) from None
+
+
+# --- the I/O thread ---------------------------------------------------------------------
+
+
+class _Job:
+    def __init__(self, function: Callable[[], Any]):
+        self.function = function
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.function()
+        except BaseException as error:
+            self.error = error
+        self.done.set()
+
+
+class _IOThread:
+    """Runs blocking calls for the backend's thread, one at a time, with signals blocked.
+
+    PostgreSQL's signal handlers must run on the backend's own thread. A thread whose call
+    was abandoned is retired: it finishes that call in the background and exits.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:  # a new thread inherits the signal mask of the thread that starts it
+            threading.Thread(target=self._loop, name="azure_ai_sim-io", daemon=True).start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job.run()
+
+    def submit(self, job: _Job) -> None:
+        self._jobs.put(job)
+
+    def retire(self) -> None:
+        self._jobs.put(None)
+
+
+_io_thread: _IOThread | None = None
+
+
+def run_blocking(
+    function: Callable[[], Any], deadline: Deadline, abort: Callable[[], None] | None = None
+) -> Any:
+    """Runs a blocking call on the I/O thread; a cancel or the deadline abandons it."""
+    global _io_thread
+    if _io_thread is None:
+        _io_thread = _IOThread()
+    job = _Job(function)
+    _io_thread.submit(job)
+    abandoned = True
+    try:
+        abandoned = not pg.wait_for(job.done, deadline.left())
+    finally:
+        if abandoned:
+            if abort is not None:
+                abort()
+            _io_thread.retire()
+            _io_thread = None
+    if abandoned:
+        raise errors.TimedOut(f"no result within {deadline.seconds * 1000:.0f} ms")
+    if job.error is not None:
+        raise job.error
+    return job.result

@@ -1,0 +1,390 @@
+"""The Azure ML simulator over real HTTP on loopback, in-process and as a command."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import math
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from azure_ai_sim.sim import AzureMLSimulator, Fault
+from azure_ai_sim.sim.models import HOUSING_COEFFICIENTS, HOUSING_INTERCEPT
+
+KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+DIABETES_ROWS = [
+    [0.0199132141783263, 0.0506801187398187, 0.104808689473925, 0.0700725447072635,
+     -0.0359677812752396, -0.0266789028311707, -0.0249926566315915, -0.00259226199818282,
+     0.00371173823343597, 0.0403433716478807],
+    [-0.0127796318808497, -0.044641636506989, 0.0606183944448076, 0.0528581912385822,
+     0.0479653430750293, 0.0293746718291555, -0.0176293810234174, 0.0343088588777263,
+     0.0702112981933102, 0.00720651632920303],
+]  # fmt: skip
+
+
+class Reply:
+    def __init__(self, response: http.client.HTTPResponse):
+        self.status = response.status
+        self.headers = {name.lower(): value for name, value in response.getheaders()}
+        self.body = response.read()
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def send(
+    conn: http.client.HTTPConnection,
+    method: str,
+    path: str,
+    payload: Any = None,
+    headers: dict[str, str] | None = None,
+) -> Reply:
+    """Sends JSON for anything but bytes, which go as they are."""
+    body = payload if isinstance(payload, bytes) or payload is None else json.dumps(payload)
+    conn.request(method, path, body=body, headers=headers or {})
+    return Reply(conn.getresponse())
+
+
+def connect(url: str) -> http.client.HTTPConnection:
+    parts = urlsplit(url)
+    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[AzureMLSimulator]:
+    with AzureMLSimulator(keys=[KEY, "second-key"]) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def call(sim: AzureMLSimulator) -> Iterator[Any]:
+    """call(method, path, payload=None, headers=None) on a fresh connection, no faults left."""
+    conn = connect(sim.url)
+    yield lambda *args, **kwargs: send(conn, *args, **kwargs)
+    conn.close()
+    sim.faults.clear()
+    sim.recorded.clear()
+
+
+def score(call: Any, rows: Any, deployment: str | None = None, **headers: str) -> Reply:
+    if deployment:
+        headers["azureml-model-deployment"] = deployment
+    return call("POST", "/score", {"input_data": rows}, {**AUTH, **headers})
+
+
+def queue(call: Any, *faults: dict[str, Any]) -> None:
+    reply = call("POST", "/_sim/faults", {"faults": list(faults)})
+    assert reply.status == 200
+    assert reply.json()["queued"] == len(faults)
+
+
+def housing(row: list[float]) -> float:
+    return HOUSING_INTERCEPT + sum(c * x for c, x in zip(HOUSING_COEFFICIENTS, row))
+
+
+def test_health_and_swagger(call):
+    reply = call("GET", "/")
+    assert (reply.status, reply.headers["content-type"], reply.body) == (
+        200,
+        "text/plain",
+        b"Healthy",
+    )
+    swagger = call("GET", "/swagger.json").json()
+    assert swagger["swagger"] == "2.0"
+    assert "post" in swagger["paths"]["/score"]
+    assert [d["name"] for d in swagger["x-azureml-deployments"]] == [
+        "Housingprediction",
+        "diabetes",
+    ]
+
+
+def test_housing_is_the_published_ols_fit(call):
+    rows = [[1, 2, 3, 4, 5, 6, 7, 8], [-1, -2, -3, -4, -5, -6, -7, -8]]
+    reply = score(call, rows, "Housingprediction", **{"x-ms-client-request-id": "abc-123"})
+    assert reply.status == 200
+    assert reply.headers["content-type"] == "application/json"
+    assert reply.json() == pytest.approx([housing(row) for row in rows])
+    assert reply.headers["azureml-model-deployment"] == "Housingprediction"
+    assert reply.headers["x-ms-client-request-id"] == "abc-123"
+    assert re.fullmatch(r"[0-9a-f-]{36}", reply.headers["x-request-id"])
+
+
+def test_diabetes_scores_the_doc_rows(call):
+    reply = score(call, DIABETES_ROWS, "diabetes")
+    assert reply.status == 200, reply.body
+    predictions = reply.json()
+    assert len(predictions) == 2
+    assert all(isinstance(p, float) and math.isfinite(p) for p in predictions)
+    assert predictions[0] != predictions[1]
+
+
+def test_default_deployment_and_other_payload_shapes(call):
+    row = [1, 2, 3, 4, 5, 6, 7, 8]
+    mlflow = {"columns": list("abcdefgh"), "index": [0], "data": [row]}
+    for payload in ({"data": [row]}, {"input_data": mlflow}):
+        reply = call("POST", "/score", payload, AUTH)
+        assert reply.status == 200
+        assert reply.json() == pytest.approx([housing(row)])
+        assert reply.headers["azureml-model-deployment"] == "Housingprediction"
+
+
+def test_v1_service_path(call):
+    reply = call("POST", "/api/v1/service/diabetes/score", {"data": DIABETES_ROWS[:1]}, AUTH)
+    assert reply.status == 200
+    assert len(reply.json()) == 1
+    assert reply.headers["azureml-model-deployment"] == "diabetes"
+    reply = call("POST", "/api/v1/service/nope/score", {"data": [[1]]}, AUTH)
+    assert reply.status == 404
+    assert "nope" in reply.json()["message"]
+
+
+def test_unknown_deployment_is_404_listing_the_known_ones(call):
+    reply = score(call, [[1] * 8], "nope")
+    assert reply.status == 404
+    message = reply.json()["message"]
+    assert "nope" in message and "Housingprediction" in message and "diabetes" in message
+    assert "azureml-model-deployment" not in reply.headers
+    assert "x-request-id" in reply.headers
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong-key-123", "Basic dGVzdC1rZXk="])
+def test_401_without_a_valid_key(call, authorization):
+    headers = {"Authorization": authorization} if authorization else {}
+    reply = call("POST", "/score", {"input_data": [[1] * 8]}, headers)
+    assert reply.status == 401
+    assert reply.json()["message"]
+    assert b"wrong-key-123" not in reply.body
+
+
+def test_every_key_is_accepted(call):
+    headers = {"Authorization": "bearer second-key"}
+    assert call("POST", "/score", {"input_data": [[1] * 8]}, headers).status == 200
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json",
+        b"\xff\xfe",
+        b"[[1, 2]]",
+        b'{"rows": [[1]]}',
+        b'{"input_data": [1, 2]}',
+        b'{"input_data": [["1", 2]]}',
+        b'{"input_data": [[true, 2]]}',
+        b'{"input_data": {"columns": ["a"]}}',
+    ],
+)
+def test_400_on_bad_payloads(call, body):
+    reply = call("POST", "/score", body, AUTH)
+    assert reply.status == 400
+    assert reply.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([[1, 2, 3]], "expected 8 features per row, got 3"),
+        ([[1] * 8, [1] * 9], "expected 8 features per row, got 9"),
+        ([[float("nan")] * 8], "input contains NaN or infinity"),
+        ([], "expected at least one row, got none"),
+    ],
+)
+def test_424_when_the_model_rejects_its_input(call, rows, message):
+    reply = score(call, rows)
+    assert reply.status == 424
+    assert reply.headers["ms-azureml-model-error-statuscode"] == "500"
+    assert reply.headers["ms-azureml-model-error-reason"] == "model_error"
+    assert reply.json() == {"message": message}
+
+
+def test_status_faults_in_order_then_normal(call):
+    queue(call, {"status": 503}, {"status": 503})
+    statuses = [score(call, [[1] * 8]) for _ in range(4)]
+    assert [r.status for r in statuses] == [503, 503, 200, 200]
+    assert statuses[0].json() == {"message": "simulated 503"}
+    assert statuses[0].headers["azureml-model-deployment"] == "Housingprediction"
+    assert call("GET", "/_sim/faults").json() == {"faults": []}
+
+
+def test_faults_are_taken_by_scoring_requests_only(call):
+    queue(call, {"status": 500})
+    assert call("GET", "/").status == 200
+    assert call("POST", "/api/v1/service/diabetes/score", {"data": [[0] * 10]}, AUTH).status == 500
+
+
+def test_retry_after_and_extra_headers(call):
+    queue(call, {"status": 429, "retry_after": "2", "headers": {"X-Extra": "yes"}})
+    reply = score(call, [[1] * 8])
+    assert reply.status == 429
+    assert (reply.headers["retry-after"], reply.headers["x-extra"]) == ("2", "yes")
+
+
+def test_malformed_bodies(call):
+    queue(
+        call,
+        {"body": "[1.0, 2"},
+        {"status": 502, "body": "<html>Bad Gateway</html>", "content_type": "text/html"},
+    )
+    reply = score(call, [[1] * 8])
+    assert (reply.status, reply.body, reply.headers["content-type"]) == (
+        200,
+        b"[1.0, 2",
+        "application/json",
+    )
+    reply = score(call, [[1] * 8])
+    assert (reply.status, reply.headers["content-type"]) == (502, "text/html")
+    assert reply.body == b"<html>Bad Gateway</html>"
+    assert reply.headers["content-length"] == str(len(reply.body))
+
+
+def test_drop_closes_the_connection_without_a_response(sim, call):
+    queue(call, {"drop": True, "latency_ms": 10})
+    conn = connect(sim.url)
+    with pytest.raises((ConnectionError, http.client.HTTPException)):
+        send(conn, "POST", "/score", {"input_data": [[1] * 8]}, AUTH)
+    conn.close()
+    assert score(call, [[1] * 8]).status == 200
+
+
+def test_oversized_response(call):
+    queue(call, {"oversized_bytes": 200_000})
+    reply = score(call, [[1] * 8])
+    assert reply.status == 200
+    assert int(reply.headers["content-length"]) == len(reply.body) >= 200_000
+    assert all(isinstance(x, float) for x in reply.json())
+
+
+def test_chunked_response_keeps_the_connection_usable(call):
+    queue(call, {"chunked": True})
+    reply = score(call, [[1] * 8, [2] * 8])
+    assert reply.status == 200
+    assert reply.headers["transfer-encoding"] == "chunked"
+    assert "content-length" not in reply.headers
+    assert reply.json() == pytest.approx([housing([1] * 8), housing([2] * 8)])
+    assert score(call, [[1] * 8]).status == 200
+
+
+def test_latency_below_the_timeout_then_normal_answer(call):
+    queue(call, {"latency_ms": 20})
+    assert score(call, [[1] * 8]).status == 200
+
+
+def test_latency_does_not_hold_up_other_connections():
+    with AzureMLSimulator(keys=[KEY]) as sim:
+        sim.faults.extend([Fault(latency_ms=4000)])
+        conn = connect(sim.url)
+
+        def slow_request() -> None:
+            with contextlib.suppress(ConnectionError, http.client.HTTPException):
+                send(conn, "POST", "/score", b"{}")
+
+        slow = threading.Thread(target=slow_request)
+        slow.start()
+        while not sim.recorded.snapshot():  # the slow request has arrived and is sleeping
+            time.sleep(0.005)
+        other = connect(sim.url)
+        assert send(other, "GET", "/").status == 200
+        assert slow.is_alive()
+        other.close()
+    slow.join()  # stop() shut its connection down
+    conn.close()
+
+
+def test_bad_faults_are_rejected(call):
+    for faults in ([{"status": "503"}], [{"statsu": 503}], "x", [{"status": 204}]):
+        reply = call("POST", "/_sim/faults", {"faults": faults})
+        assert reply.status == 400
+    assert call("POST", "/_sim/faults", b"nope").status == 400
+    assert call("DELETE", "/_sim/faults").json() == {"cleared": 0}
+
+
+def test_requests_are_recorded(call):
+    score(call, [[1] * 8], **{"X-Test": "one"})
+    call("GET", "/")
+    call("GET", "/msi/token?api-version=2019-08-01&resource=x")
+    recorded = call("GET", "/_sim/requests").json()
+    assert [(r["method"], r["path"]) for r in recorded] == [
+        ("POST", "/score"),
+        ("GET", "/msi/token"),
+    ]
+    assert recorded[1]["query"] == {"api-version": "2019-08-01", "resource": "x"}
+    assert recorded[0]["headers"]["x-test"] == "one"
+    assert recorded[0]["headers"]["authorization"] == f"Bearer {KEY}"
+    assert json.loads(recorded[0]["body"]) == {"input_data": [[1] * 8]}
+    assert call("DELETE", "/_sim/requests").json() == {"cleared": 2}
+    assert call("GET", "/_sim/requests").json() == []
+
+
+def test_managed_identity_tokens(call):
+    path = "/msi/token?api-version=2019-08-01&resource=https://ml.azure.com&client_id=x"
+    assert call("GET", path).status == 401
+    assert call("GET", path, headers={"X-IDENTITY-HEADER": "wrong"}).status == 401
+    reply = call("GET", path, headers={"X-IDENTITY-HEADER": "sim-identity-header"})
+    assert reply.status == 200
+    token = reply.json()
+    assert (token["resource"], token["token_type"]) == ("https://ml.azure.com", "Bearer")
+    assert int(token["expires_on"]) > time.time()
+    bearer = {"Authorization": f"Bearer {token['access_token']}"}
+    assert call("POST", "/score", {"input_data": [[1] * 8]}, bearer).status == 200
+
+    other = call(
+        "GET",
+        "/msi/token?api-version=2019-08-01&resource=https://management.azure.com",
+        headers={"X-IDENTITY-HEADER": "sim-identity-header"},
+    ).json()
+    bearer = {"Authorization": f"Bearer {other['access_token']}"}
+    reply = call("POST", "/score", {"input_data": [[1] * 8]}, bearer)
+    assert reply.status == 401
+    assert other["access_token"].encode() not in reply.body
+
+
+def test_500_requests_on_one_keep_alive_connection(sim):
+    conn = connect(sim.url)
+    body = json.dumps({"input_data": [[1, 2, 3, 4, 5, 6, 7, 8]]})
+    statuses = []
+    sockets = set()
+    for _ in range(500):
+        conn.request("POST", "/score", body=body, headers=AUTH)
+        response = conn.getresponse()
+        response.read()
+        statuses.append(response.status)
+        sockets.add(conn.sock)
+    assert len(sockets) == 1  # never reconnected
+    assert statuses == [200] * 500
+    reply = send(conn, "POST", "/score", body.encode(), {**AUTH, "Connection": "close"})
+    assert (reply.status, reply.headers["connection"]) == (200, "close")
+    assert conn.sock is None  # http.client closed it as the server asked
+    conn.close()
+
+
+def test_command_line_with_request_timeout():
+    command = [sys.executable, "-m", "azure_ai_sim.sim", "azureml", "--port", "0"]
+    command += ["--request-timeout-ms", "200", "--key", "k1", "--key", "k2"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        match = re.fullmatch(r"azureml simulator listening on (http://127\.0\.0\.1:\d+)\n", line)
+        assert match, line
+        conn = connect(match[1])
+        assert send(conn, "GET", "/").body == b"Healthy"
+        k2 = {"Authorization": "Bearer k2"}
+        assert send(conn, "POST", "/score", {"input_data": [[1] * 8]}, k2).status == 200
+        assert send(conn, "POST", "/_sim/faults", {"faults": [{"latency_ms": 1000}]}).status == 200
+        reply = send(conn, "POST", "/score", {"input_data": [[1] * 8]}, k2)
+        assert reply.status == 408
+        assert reply.json() == {"message": "request timed out after 200 ms"}
+        conn.close()
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+        assert proc.stdout.read() == ""
+        proc.stdout.close()
