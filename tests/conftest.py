@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
+from azure_ai_sim.sim import AzureMLSimulator
 from cluster import Server, server_from_environment
 
 
@@ -14,6 +15,21 @@ from cluster import Server, server_from_environment
 def server() -> Iterator[Server]:
     with server_from_environment() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def azureml_simulator() -> Iterator[AzureMLSimulator]:
+    """The Azure ML simulator; its request timeout is long, so slow calls end by our hand."""
+    with AzureMLSimulator(request_timeout_ms=120_000) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def azureml(azureml_simulator: AzureMLSimulator) -> AzureMLSimulator:
+    """The simulator with no faults queued and no requests recorded."""
+    azureml_simulator.faults.clear()
+    azureml_simulator.recorded.clear()
+    return azureml_simulator
 
 
 @pytest.fixture(scope="module")

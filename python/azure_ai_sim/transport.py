@@ -93,7 +93,11 @@ def send(request: Request, deadline: Deadline, policy: RetryPolicy) -> Response:
         retry_after = None
         try:
             response = _attempt(request, Deadline(deadline.left() / attempts_left))
-        except (errors.ConnectFailed, errors.ConnectionLost, errors.TimedOut) as lost:
+        except errors.TimedOut:
+            failure = errors.TimedOut(
+                f"no response from {_show(request.url)} within {deadline.seconds * 1000:.0f} ms"
+            )
+        except (errors.ConnectFailed, errors.ConnectionLost) as lost:
             failure = lost
         else:
             response.attempts = attempt
@@ -339,10 +343,8 @@ def _attempt(request: Request, deadline: Deadline) -> Response:
     exchange = _Exchange(request, _endpoint(request.url), max(deadline.left(), 0.001))
     try:
         return run_blocking(exchange.run, deadline, exchange.abort)
-    except (errors.TimedOut, TimeoutError):
-        raise errors.TimedOut(
-            f"no response from {_show(request.url)} within {deadline.seconds * 1000:.0f} ms"
-        ) from None
+    except TimeoutError:  # the socket's own timeout, a backstop to the deadline
+        raise errors.TimedOut("the socket timed out") from None
     except errors.Error:
         raise
     except (OSError, http.client.HTTPException) as error:

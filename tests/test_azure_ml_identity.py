@@ -1,0 +1,38 @@
+"""auth_type = managed-identity: a token from the host's identity, through azure-identity.
+
+The server gets the App Service identity protocol from its environment (IDENTITY_ENDPOINT,
+IDENTITY_HEADER), which the Azure ML simulator speaks, so this needs a server of its own.
+"""
+
+import psycopg
+import pytest
+from cluster import Cluster
+
+from azure_ai_sim.sim.models import HOUSING
+
+
+def test_a_token_is_fetched_once_and_sent_as_bearer(server, azureml):
+    if not isinstance(server, Cluster):
+        pytest.skip("needs a server started by the tests, with the identity in its environment")
+    cluster = Cluster()
+    cluster.env.update(
+        IDENTITY_ENDPOINT=azureml.url + "/msi/token", IDENTITY_HEADER="sim-identity-header"
+    )
+    with cluster, psycopg.connect(cluster.dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION azure_ai")
+        conn.execute(
+            "SELECT azure_ai.set_setting('azure_ml.scoring_endpoint', %s)",
+            (azureml.url + "/score",),
+        )
+        conn.execute("SELECT azure_ai.set_setting('azure_ml.auth_type', 'managed-identity')")
+        payload = '{"input_data": [[1,2,3,4,5,6,7,8]]}'
+        for _ in range(3):
+            result = conn.execute("SELECT azure_ml.invoke(%s::jsonb)", (payload,)).fetchone()[0]
+            assert result == pytest.approx(HOUSING.predict([[1, 2, 3, 4, 5, 6, 7, 8]]))
+
+    token_request, *scoring = azureml.recorded.snapshot()
+    assert token_request["path"] == "/msi/token"
+    assert token_request["query"]["resource"] == "https://ml.azure.com"
+    assert [r["path"] for r in scoring] == ["/score"] * 3
+    bearers = {r["headers"]["authorization"] for r in scoring}
+    assert len(bearers) == 1 and bearers != {"Bearer sim-key"}

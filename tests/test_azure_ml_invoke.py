@@ -1,0 +1,425 @@
+"""azure_ml.invoke against the Azure ML simulator: the documented SQL, errors, retries,
+deadlines, cancellation, keys kept secret, and several backends at once."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+
+import psycopg
+import pytest
+from azure_ai_sim.sim import Fault
+from azure_ai_sim.sim.models import DIABETES, HOUSING
+from conftest import notices
+
+KEY = "sim-key"
+DOC_PAYLOAD = '{"input_data": [[1,2,3,4,5,6,7,8],[-1,-2,-3,-4,-5,-6,-7,-8]], "params": {}}'
+DOC_ROWS = [[1, 2, 3, 4, 5, 6, 7, 8], [-1, -2, -3, -4, -5, -6, -7, -8]]
+DIABETES_ROW = [0.0199132141783263, 0.0506801187398187, 0.104808689473925, 0.0700725447072635,
+                -0.0359677812752396, -0.0266789028311707, -0.0249926566315915,
+                -0.00259226199818282, 0.00371173823343597, 0.0403433716478807]  # fmt: skip
+SMALL = "'{\"input_data\": [[1,2,3,4,5,6,7,8]]}'"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def extension(database, azureml_simulator):
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION azure_ai")
+        configure(conn, azureml_simulator.url + "/score")
+
+
+def configure(conn, endpoint, key=KEY, auth_type="subscription-key"):
+    for setting, value in (
+        ("azure_ml.scoring_endpoint", endpoint),
+        ("azure_ml.endpoint_key", key),
+        ("azure_ml.auth_type", auth_type),
+    ):
+        conn.execute("SELECT azure_ai.set_setting(%s, %s)", (setting, value))
+
+
+def invoke(conn, arguments: str = SMALL):
+    return conn.execute(f"SELECT azure_ml.invoke({arguments})").fetchone()[0]
+
+
+def queue(azureml, *faults: dict) -> None:
+    azureml.faults.extend(Fault.from_json(fault) for fault in faults)
+
+
+def scoring_requests(azureml) -> list[dict]:
+    return [r for r in azureml.recorded.snapshot() if r["path"].endswith("/score")]
+
+
+# --- the documented SQL ------------------------------------------------------------------
+
+
+def test_doc_example_select_star(conn, azureml):
+    rows = conn.execute(
+        f"SELECT * FROM azure_ml.invoke('{DOC_PAYLOAD}', deployment_name=>'Housingprediction')"
+    ).fetchall()
+    assert rows == [(pytest.approx(HOUSING.predict(DOC_ROWS)),)]
+    (request,) = scoring_requests(azureml)
+    assert request["headers"]["azureml-model-deployment"] == "Housingprediction"
+
+
+def test_doc_example_jsonb_array_elements(conn, azureml):
+    rows = conn.execute(
+        "SELECT jsonb_array_elements(invoke.invoke) as MedianHousePrediction "
+        f"FROM azure_ml.invoke('{DOC_PAYLOAD}', deployment_name=>'Housingprediction')"
+    )
+    assert [desc.name for desc in rows.description] == ["medianhouseprediction"]
+    assert [row[0] for row in rows] == pytest.approx(HOUSING.predict(DOC_ROWS))
+
+
+def test_request_is_the_payload_verbatim_with_azure_headers(conn, azureml):
+    result = invoke(conn, f"'{DOC_PAYLOAD}'")
+    (request,) = scoring_requests(azureml)
+    as_jsonb = conn.execute(f"SELECT '{DOC_PAYLOAD}'::jsonb::text").fetchone()[0]
+    assert request["body"] == as_jsonb
+    headers = request["headers"]
+    assert headers["authorization"] == f"Bearer {KEY}"
+    assert headers["content-type"] == "application/json"
+    assert "azureml-model-deployment" not in headers  # the endpoint's default deployment
+    uuid.UUID(headers["x-ms-client-request-id"])
+    assert result == pytest.approx(HOUSING.predict(DOC_ROWS))
+
+
+def test_positional_deployment_and_the_old_name(conn, azureml):
+    assert invoke(conn, f"{SMALL}, 'Housingprediction'") == pytest.approx(
+        HOUSING.predict(DOC_ROWS[:1])
+    )
+    assert conn.execute(f"SELECT azure_ml.inference({SMALL})").fetchone()[0] is not None
+    # An integer second argument is still timeout_ms of the documented signature.
+    assert invoke(conn, f"{SMALL}, 30000") is not None
+    deployments = [r["headers"].get("azureml-model-deployment") for r in scoring_requests(azureml)]
+    assert deployments == ["Housingprediction", None, None]
+    overloads = conn.execute(
+        "SELECT pg_get_function_identity_arguments(oid) FROM pg_proc "
+        "WHERE proname = 'invoke' AND pronamespace = 'azure_ml'::regnamespace ORDER BY 1"
+    ).fetchall()
+    assert overloads == [
+        ("input jsonb, deployment text",),
+        ("input_data jsonb, timeout_ms integer, throw_on_error boolean, deployment_name text, "
+         "max_attempts integer, retry_delay_ms integer",),
+    ]  # fmt: skip
+
+
+def test_v1_web_service_with_the_diabetes_model(conn, azureml):
+    configure(conn, azureml.url + "/api/v1/service/diabetes/score")
+    try:
+        payload = json.dumps({"data": [DIABETES_ROW, DIABETES_ROW]})
+        assert invoke(conn, f"'{payload}'") == pytest.approx(DIABETES.predict([DIABETES_ROW] * 2))
+    finally:
+        configure(conn, azureml.url + "/score")
+
+
+def test_null_input_sends_nothing(conn, azureml):
+    assert invoke(conn, "NULL") is None
+    assert scoring_requests(azureml) == []
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+def error_of(conn, arguments: str) -> psycopg.Error:
+    with pytest.raises(psycopg.Error) as caught:
+        invoke(conn, arguments)
+    return caught.value
+
+
+def test_unknown_deployment(conn, azureml):
+    error = error_of(conn, f"{SMALL}, deployment_name => 'nope'")
+    assert error.sqlstate == "42704"
+    assert error.diag.message_primary.startswith(
+        f"azure_ml.invoke: HTTP 404 from {azureml.url}/score: "
+    )
+    assert "nope" in error.diag.message_primary
+    assert error.diag.message_detail.startswith("attempts: 1; request id: ")
+
+
+def test_model_error_is_424_with_the_models_message(conn, azureml):
+    error = error_of(conn, "'{\"input_data\": [[1, 2, 3]]}', max_attempts => 3")
+    assert error.sqlstate == "38000"
+    assert "HTTP 424" in error.diag.message_primary
+    assert "expected 8 features per row, got 3" in error.diag.message_primary
+    assert len(scoring_requests(azureml)) == 1
+
+
+def test_non_json_success_shows_the_first_bytes(conn, azureml):
+    queue(azureml, {"body": "<html>gateway says hi</html>", "content_type": "text/html"})
+    error = error_of(conn, SMALL)
+    assert error.sqlstate == "22032"
+    assert error.diag.message_primary == (
+        "azure_ml.invoke: the endpoint answered HTTP 200 with a body that is not JSON: "
+        "b'<html>gateway says hi</html>'"
+    )
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_response_size_cap(conn, azureml, chunked):
+    conn.execute("SET azure_ai.max_response_bytes = 10000")
+    try:
+        queue(azureml, {"oversized_bytes": 50_000, "chunked": chunked})
+        error = error_of(conn, SMALL)
+        assert error.sqlstate == "54000"
+        assert "over the limit of 10000 bytes" in error.diag.message_primary
+        assert invoke(conn) is not None  # the next call gets a clean connection
+    finally:
+        conn.execute("RESET azure_ai.max_response_bytes")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ("max_attempts => 0", "max_attempts must be at least 1, not 0"),
+        ("retry_delay_ms => -1", "retry_delay_ms must be at least 0, not -1"),
+        ("timeout_ms => 0", "timeout_ms must be positive, not 0"),
+        ("timeout_ms => -5", "timeout_ms must be positive, not -5"),
+        ("deployment_name => ''", "deployment_name must not be empty"),
+    ],
+)
+def test_invalid_arguments_name_the_argument(conn, azureml, arguments, message):
+    error = error_of(conn, f"{SMALL}, throw_on_error => false, {arguments}")
+    assert error.sqlstate == "22023"
+    assert error.diag.message_primary == f"azure_ml.invoke: {message}"
+    assert scoring_requests(azureml) == []
+
+
+def test_missing_endpoint_setting(conn, azureml):
+    conn.execute("SELECT azure_ai.set_setting('azure_ml.scoring_endpoint', NULL)")
+    try:
+        error = error_of(conn, f"{SMALL}, throw_on_error => false")
+        assert error.sqlstate == "55000"
+        assert error.diag.message_primary == (
+            'azure_ml.invoke: setting "azure_ml.scoring_endpoint" is not set'
+        )
+    finally:
+        configure(conn, azureml.url + "/score")
+
+
+# --- retries -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
+def test_retryable_statuses_are_retried(conn, azureml, status):
+    queue(azureml, {"status": status})
+    assert invoke(conn, f"{SMALL}, max_attempts => 2, retry_delay_ms => 1") is not None
+    assert len(scoring_requests(azureml)) == 2
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 424])
+def test_other_statuses_are_not_retried(conn, azureml, status):
+    queue(azureml, {"status": status})
+    error = error_of(conn, f"{SMALL}, max_attempts => 3, retry_delay_ms => 1")
+    assert f"HTTP {status}" in error.diag.message_primary
+    assert error.diag.message_detail.startswith("attempts: 1;")
+    assert len(scoring_requests(azureml)) == 1
+
+
+def test_attempts_run_out(conn, azureml):
+    queue(azureml, {"status": 503}, {"status": 503}, {"status": 503})
+    error = error_of(conn, f"{SMALL}, max_attempts => 3, retry_delay_ms => 1")
+    assert error.sqlstate == "58000"
+    assert error.diag.message_primary == (
+        f"azure_ml.invoke: HTTP 503 from {azureml.url}/score: simulated 503"
+    )
+    assert error.diag.message_detail.startswith("attempts: 3;")
+
+
+def test_retry_after_is_honoured(conn, azureml):
+    queue(azureml, {"status": 429, "retry_after": "1"})
+    started = time.monotonic()
+    assert invoke(conn, f"{SMALL}, max_attempts => 2, retry_delay_ms => 1") is not None
+    assert time.monotonic() - started >= 0.95  # waited what the service asked for
+
+
+def test_a_retry_after_past_the_timeout_stops_at_once(conn, azureml):
+    queue(azureml, {"status": 503, "retry_after": "60"})
+    error = error_of(conn, f"{SMALL}, timeout_ms => 5000, max_attempts => 3")
+    assert "the next retry would pass the timeout" in error.diag.message_detail
+    assert len(scoring_requests(azureml)) == 1
+
+
+def test_dropped_connections(conn, azureml):
+    queue(azureml, {"drop": True})
+    error = error_of(conn, SMALL)
+    assert error.sqlstate == "08006"
+    queue(azureml, {"drop": True})
+    assert invoke(conn, f"{SMALL}, max_attempts => 2, retry_delay_ms => 1") is not None
+
+
+def test_connection_refused(conn, azureml):
+    configure(conn, "http://127.0.0.1:1/score")
+    try:
+        error = error_of(conn, SMALL)
+        assert error.sqlstate == "08001"
+        assert error.diag.message_primary == (
+            "azure_ml.invoke: could not connect to http://127.0.0.1:1/score: Connection refused"
+        )
+    finally:
+        configure(conn, azureml.url + "/score")
+
+
+# --- deadlines, throw_on_error, cancellation ---------------------------------------------
+
+
+def test_timeout_ms_bounds_the_call(conn, azureml):
+    queue(azureml, {"latency_ms": 10_000})
+    error = error_of(conn, f"{SMALL}, timeout_ms => 300")
+    assert error.sqlstate == "57014"
+    assert error.diag.message_primary == (
+        f"azure_ml.invoke: no response from {azureml.url}/score within 300 ms"
+    )
+
+
+def test_timeout_ms_covers_the_retries(conn, azureml):
+    queue(azureml, *[{"latency_ms": 10_000}] * 3)
+    error = error_of(conn, f"{SMALL}, timeout_ms => 900, max_attempts => 3, retry_delay_ms => 0")
+    assert error.sqlstate == "57014"
+    assert "within 900 ms" in error.diag.message_primary  # each attempt had a third
+    assert error.diag.message_detail.startswith("attempts: 3;")
+
+
+def test_throw_on_error_false_keeps_the_transaction(conn, azureml):
+    warnings = []  # a notice's fields are only readable inside the handler
+    conn.add_notice_handler(
+        lambda diag: warnings.append((diag.severity, diag.message_primary, diag.sqlstate))
+    )
+    queue(azureml, {"status": 500})
+    with conn.transaction():
+        conn.execute("CREATE TEMP TABLE kept (n int)")
+        conn.execute("INSERT INTO kept VALUES (1)")
+        assert invoke(conn, f"{SMALL}, throw_on_error => false") is None
+        conn.execute("INSERT INTO kept VALUES (2)")
+    assert conn.execute("SELECT array_agg(n ORDER BY n) FROM kept").fetchone()[0] == [1, 2]
+    assert warnings == [
+        ("WARNING", f"azure_ml.invoke: HTTP 500 from {azureml.url}/score: simulated 500", "58000")
+    ]
+
+
+def run_in_thread(database: str, statement: str, setup: str = "") -> dict:
+    """Runs a statement on a connection of its own; returns its pid and outcome."""
+    outcome: dict = {}
+    ready = threading.Event()
+
+    def run():
+        with psycopg.connect(database, autocommit=True) as own:
+            outcome["pid"] = own.info.backend_pid
+            if setup:
+                own.execute(setup)
+            ready.set()
+            try:
+                own.execute(statement)
+                outcome["error"] = None
+            except psycopg.Error as error:
+                outcome["error"] = error
+            outcome["after"] = own.execute("SELECT 42").fetchone()[0]
+
+    outcome["thread"] = threading.Thread(target=run)
+    outcome["thread"].start()
+    ready.wait(10)
+    return outcome
+
+
+def wait_for_request(azureml, count: int = 1) -> None:
+    for _ in range(500):
+        if len(scoring_requests(azureml)) >= count:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the simulator never saw the request")
+
+
+def test_pg_cancel_backend_interrupts_a_slow_call(conn, database, azureml):
+    queue(azureml, {"latency_ms": 60_000})
+    call = run_in_thread(database, f"SELECT azure_ml.invoke({SMALL})")
+    wait_for_request(azureml)
+    conn.execute("SELECT pg_cancel_backend(%s)", (call["pid"],))
+    call["thread"].join(20)  # a functional bound: the simulator would answer after 60 s
+    assert not call["thread"].is_alive()
+    assert isinstance(call["error"], psycopg.errors.QueryCanceled)
+    assert call["error"].diag.message_primary == (
+        "azure_ml.invoke: canceling statement due to user request"
+    )
+    assert call["after"] == 42
+
+
+def test_statement_timeout_interrupts_a_slow_call(conn, database, azureml):
+    queue(azureml, {"latency_ms": 60_000})
+    call = run_in_thread(
+        database,
+        f"SELECT azure_ml.invoke({SMALL}, throw_on_error => false)",
+        setup="SET statement_timeout = 300",
+    )
+    call["thread"].join(20)
+    assert not call["thread"].is_alive()
+    assert isinstance(call["error"], psycopg.errors.QueryCanceled)
+    assert call["error"].diag.message_primary == (
+        "azure_ml.invoke: canceling statement due to statement timeout"
+    )
+    assert call["after"] == 42
+
+
+# --- settings, concurrency, parallel query -----------------------------------------------
+
+
+def test_other_sessions_see_a_changed_setting_from_their_next_statement(conn, database, azureml):
+    with psycopg.connect(database, autocommit=True) as other:
+        assert invoke(other) is not None
+        conn.execute("SELECT azure_ai.set_setting('azure_ml.endpoint_key', 'rotated-key')")
+        try:
+            with pytest.raises(psycopg.Error) as caught:
+                invoke(other)
+            assert caught.value.sqlstate == "28000"
+        finally:
+            configure(conn, azureml.url + "/score")
+        assert invoke(other) is not None
+
+
+def test_concurrent_backends(database, azureml):
+    statement = f"SELECT count(azure_ml.invoke({SMALL})) FROM generate_series(1, 50)"
+    calls = [run_in_thread(database, statement) for _ in range(4)]
+    for call in calls:
+        call["thread"].join(60)
+        assert call["error"] is None
+    assert len(scoring_requests(azureml)) == 200
+
+
+def test_parallel_workers_refuse_cleanly(conn, azureml):
+    conn.execute(
+        "CREATE FUNCTION score_safe(payload jsonb) RETURNS jsonb LANGUAGE sql PARALLEL SAFE "
+        "AS $$ SELECT azure_ml.invoke(payload) $$"
+    )
+    try:
+        conn.execute("SET force_parallel_mode = on")
+        with pytest.raises(psycopg.errors.InvalidTransactionState, match="parallel query"):
+            conn.execute(f"SELECT score_safe({SMALL}) FROM generate_series(1, 2)")
+        conn.execute("RESET force_parallel_mode")
+        assert conn.execute(f"SELECT score_safe({SMALL})").fetchone()[0] is not None
+    finally:
+        conn.execute("RESET force_parallel_mode")
+        conn.execute("DROP FUNCTION score_safe")
+
+
+# --- secrets -----------------------------------------------------------------------------
+
+
+def test_keys_appear_in_no_error_warning_or_log_line(conn, server, azureml):
+    secret = "sk-SecretThatMustNotLeak77"
+    captured = notices(conn)
+    conn.execute("SELECT azure_ai.set_setting('azure_ml.endpoint_key', %s)", (secret,))
+    try:
+        queue(azureml, {"status": 500, "body": f'{{"message": "bad key {secret}"}}'})
+        error = error_of(conn, SMALL)
+        assert error.sqlstate == "58000"
+        assert "bad key [redacted]" in error.diag.message_primary
+        queue(azureml, {"status": 503, "body": f"echo: Bearer {secret}"})
+        assert invoke(conn, f"{SMALL}, throw_on_error => false") is None
+        assert captured and all(secret not in message for message in captured)
+        error = error_of(conn, SMALL)  # the simulator rejects the key: 401
+        assert error.sqlstate == "28000"
+        assert secret not in str(error) + str(error.diag.message_detail)
+    finally:
+        configure(conn, azureml.url + "/score")
+    if server.log_path is not None:
+        assert secret not in server.log_path.read_text()
