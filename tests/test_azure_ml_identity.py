@@ -6,9 +6,8 @@ IDENTITY_HEADER), which the Azure ML simulator speaks, so this needs a server of
 
 import psycopg
 import pytest
-from cluster import Cluster
-
 from azure_ai_sim.sim.models import HOUSING
+from cluster import Cluster
 
 
 def test_a_token_is_fetched_once_and_sent_as_bearer(server, azureml):

@@ -1,22 +1,20 @@
 """HTTP for every cloud call: keep-alive connections, deadlines, retries and cancellation.
 
-A blocking socket read ignores pg_cancel_backend and statement_timeout until it returns,
-so each attempt runs on an I/O thread while the backend's own thread waits in short
-slices and lets PostgreSQL process interrupts in between (pg.wait_for). On a cancel or a
-deadline the socket is shut down, which ends the attempt, and the thread is retired.
+A blocking socket read ignores pg_cancel_backend and statement_timeout until it returns.
+So HTTP runs on non-blocking sockets from the backend's own thread (wire.py), waiting a
+short slice at a time and letting PostgreSQL process interrupts in between. What can
+only block (a DNS lookup, a library's own network call such as azure-identity's) runs on
+an I/O thread instead, which the backend's thread abandons on a cancel or a deadline.
 
-http.client with one kept-alive connection per endpoint is the transport: on loopback it
-costs about half of urllib3 per call and a fifth of requests, and we need nothing more.
+One kept-alive connection per endpoint per backend; nothing else is needed per call.
 """
 
 from __future__ import annotations
 
-import contextlib
-import http.client
+import ipaddress
 import json
 import queue
 import random
-import select
 import signal
 import socket
 import ssl
@@ -29,7 +27,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
-from azure_ai_sim import errors, pg
+from azure_ai_sim import errors, pg, wire
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 SERVICE_MESSAGE_CHARS = 500
@@ -195,7 +193,7 @@ def _show(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
 
-# --- one attempt, on the I/O thread -------------------------------------------------------
+# --- one attempt -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -204,6 +202,12 @@ class _Endpoint:
     host: str
     port: int
     path: str
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
 
 
 @lru_cache(maxsize=256)
@@ -216,40 +220,66 @@ def _endpoint(url: str) -> _Endpoint:
     return _Endpoint(parts.scheme, parts.hostname or "", parts.port or default_port, path)
 
 
-class _Connections:
-    """Kept-alive connections by endpoint, checked out while in use, for this backend."""
+# Kept-alive connections of this backend, by endpoint; only the backend's thread uses them.
+_idle: dict[tuple[str, str, int], wire.Connection] = {}
 
-    def __init__(self) -> None:
-        self._idle: dict[tuple[str, str, int], http.client.HTTPConnection] = {}
-        self._lock = threading.Lock()
 
-    def checkout(self, endpoint: _Endpoint) -> tuple[http.client.HTTPConnection, bool]:
-        key = (endpoint.scheme, endpoint.host, endpoint.port)
-        with self._lock:
-            connection = self._idle.pop(key, None)
-        if connection is not None and connection.sock is not None:
-            if not _closed_by_peer(connection.sock):
-                return connection, True
+def _attempt(request: Request, deadline: Deadline) -> Response:
+    endpoint = _endpoint(request.url)
+    message = wire.encode_request(
+        request.method, endpoint.host_header, endpoint.path, request.headers, request.body
+    )
+    key = (endpoint.scheme, endpoint.host, endpoint.port)
+    connection = _idle.pop(key, None)
+    reused = connection is not None and not connection.closed_by_peer()
+    if connection is not None and not reused:
+        connection.close()
+    if not reused:
+        connection = _connect(request.url, endpoint, deadline)
+    try:
+        reply = connection.exchange(message, deadline.left, request.max_response_bytes)
+    except (wire.Closed, ConnectionError) as error:
+        connection.close()
+        if not reused or connection.received:
+            raise _lost(request, error) from None
+        # The server closed the kept-alive connection as we sent: once more, afresh.
+        connection = _connect(request.url, endpoint, deadline)
+        try:
+            reply = connection.exchange(message, deadline.left, request.max_response_bytes)
+        except BaseException as again:
             connection.close()
-        if endpoint.scheme == "https":
-            return http.client.HTTPSConnection(
-                endpoint.host, endpoint.port, context=_tls_context()
-            ), False
-        return http.client.HTTPConnection(endpoint.host, endpoint.port), False
-
-    def checkin(self, endpoint: _Endpoint, connection: http.client.HTTPConnection) -> None:
-        key = (endpoint.scheme, endpoint.host, endpoint.port)
-        with self._lock:
-            previous = self._idle.pop(key, None)
-            self._idle[key] = connection
-        if previous is not None:
-            previous.close()
+            raise _exchange_error(request, again) from None
+    except BaseException as error:
+        connection.close()
+        raise _exchange_error(request, error) from None
+    if reply.keep_alive:
+        _idle[key] = connection
+    else:
+        connection.close()
+    return Response(reply.status, reply.headers, reply.body)
 
 
-def _closed_by_peer(sock: socket.socket) -> bool:
-    """An idle kept-alive socket that is readable has been closed by the server."""
-    readable, _, _ = select.select([sock], [], [], 0)
-    return bool(readable)
+def _connect(url: str, endpoint: _Endpoint, deadline: Deadline) -> wire.Connection:
+    try:
+        addresses = _addresses(endpoint.host, endpoint.port, deadline)
+        tls = _tls_context() if endpoint.scheme == "https" else None
+        return wire.Connection.open(addresses, tls, endpoint.host, deadline.left)
+    except TimeoutError:
+        raise errors.TimedOut(f"could not connect to {_show(url)} in time") from None
+    except OSError as error:
+        reason = error.strerror or str(error) or type(error).__name__
+        raise errors.ConnectFailed(f"could not connect to {_show(url)}: {reason}") from None
+
+
+def _addresses(host: str, port: int, deadline: Deadline) -> list[tuple]:
+    """getaddrinfo; a name lookup blocks, so it runs on the I/O thread."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return run_blocking(
+            lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), deadline
+        )
+    return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
 
 
 @lru_cache(maxsize=1)
@@ -257,73 +287,21 @@ def _tls_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
-_connections = _Connections()
+def _exchange_error(request: Request, error: BaseException) -> BaseException:
+    if isinstance(error, errors.Error):
+        return error
+    if isinstance(error, TimeoutError):
+        return errors.TimedOut("the deadline passed")
+    if isinstance(error, wire.TooLarge):
+        return _too_large(request, error.size)
+    if isinstance(error, (OSError, wire.Closed)):
+        return _lost(request, error)
+    return error
 
 
-class _Exchange:
-    """One request and its response on one connection; the backend's thread may abort it."""
-
-    def __init__(self, request: Request, endpoint: _Endpoint, timeout: float):
-        self.request = request
-        self.endpoint = endpoint
-        self.timeout = timeout
-        self.connection: http.client.HTTPConnection | None = None
-        self.aborted = False
-
-    def run(self) -> Response:
-        connection, reused = _connections.checkout(self.endpoint)
-        self.connection = connection
-        try:
-            response = self._exchange(connection)
-        except (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine):
-            connection.close()
-            if not reused or self.aborted:
-                raise
-            # The server closed the kept-alive connection as we sent: once more, afresh.
-            connection, _ = _connections.checkout(self.endpoint)
-            self.connection = connection
-            response = self._exchange(connection)
-        except BaseException:
-            connection.close()
-            raise
-        return response
-
-    def _exchange(self, connection: http.client.HTTPConnection) -> Response:
-        connection.timeout = self.timeout
-        if connection.sock is not None:
-            connection.sock.settimeout(self.timeout)
-        request = self.request
-        try:
-            connection.request(request.method, self.endpoint.path, request.body, request.headers)
-        except OSError as error:
-            if connection.sock is None or isinstance(error, (ssl.SSLError, socket.gaierror)):
-                raise errors.ConnectFailed(_connect_message(request.url, error)) from None
-            raise
-        reply = connection.getresponse()
-        headers = {name.lower(): value for name, value in reply.getheaders()}
-        length = headers.get("content-length")
-        limit = request.max_response_bytes
-        if length is not None and length.isdigit() and int(length) > limit:
-            connection.close()
-            raise _too_large(request, int(length))
-        body = reply.read(limit + 1)
-        if len(body) > limit:
-            connection.close()
-            raise _too_large(request, None)
-        if reply.will_close or not reply.isclosed():
-            connection.close()
-        else:
-            _connections.checkin(self.endpoint, connection)
-        return Response(reply.status, headers, body)
-
-    def abort(self) -> None:
-        """From the backend's thread: end the exchange by shutting its socket down."""
-        self.aborted = True
-        connection = self.connection
-        sock = connection.sock if connection is not None else None
-        if sock is not None:
-            with contextlib.suppress(OSError):  # already closed
-                sock.shutdown(socket.SHUT_RDWR)
+def _lost(request: Request, error: BaseException) -> errors.ConnectionLost:
+    reason = str(error) or type(error).__name__
+    return errors.ConnectionLost(f"the connection to {_show(request.url)} failed: {reason}")
 
 
 def _too_large(request: Request, size: int | None) -> errors.ResponseTooLarge:
@@ -333,24 +311,6 @@ def _too_large(request: Request, size: int | None) -> errors.ResponseTooLarge:
         f"{request.max_response_bytes} bytes",
         hint="Raise azure_ai.max_response_bytes if the response is expected to be this large.",
     )
-
-
-def _connect_message(url: str, error: OSError) -> str:
-    return f"could not connect to {_show(url)}: {error.strerror or error}"
-
-
-def _attempt(request: Request, deadline: Deadline) -> Response:
-    exchange = _Exchange(request, _endpoint(request.url), max(deadline.left(), 0.001))
-    try:
-        return run_blocking(exchange.run, deadline, exchange.abort)
-    except TimeoutError:  # the socket's own timeout, a backstop to the deadline
-        raise errors.TimedOut("the socket timed out") from None
-    except errors.Error:
-        raise
-    except (OSError, http.client.HTTPException) as error:
-        raise errors.ConnectionLost(
-            f"the connection to {_show(request.url)} failed: {error or type(error).__name__}"
-        ) from None
 
 
 # --- the I/O thread ---------------------------------------------------------------------
@@ -400,10 +360,9 @@ class _IOThread:
 _io_thread: _IOThread | None = None
 
 
-def run_blocking(
-    function: Callable[[], Any], deadline: Deadline, abort: Callable[[], None] | None = None
-) -> Any:
-    """Runs a blocking call on the I/O thread; a cancel or the deadline abandons it."""
+def run_blocking(function: Callable[[], Any], deadline: Deadline) -> Any:
+    """Runs a call that can only block on the I/O thread; a cancel or the deadline abandons
+    it, and the abandoned call finishes in the background on a retired thread."""
     global _io_thread
     if _io_thread is None:
         _io_thread = _IOThread()
@@ -414,8 +373,6 @@ def run_blocking(
         abandoned = not pg.wait_for(job.done, deadline.left())
     finally:
         if abandoned:
-            if abort is not None:
-                abort()
             _io_thread.retire()
             _io_thread = None
     if abandoned:
