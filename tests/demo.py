@@ -1,4 +1,5 @@
-"""`make demo`: runs demo.sql on a private cluster (or AZURE_AI_SIM_DSN) and prints it all."""
+"""`make demo`: runs demo.sql on a private cluster (or AZURE_AI_SIM_DSN) against the Azure
+ML simulator, and prints it all."""
 
 from __future__ import annotations
 
@@ -6,22 +7,29 @@ import subprocess
 import sys
 from pathlib import Path
 
+from azure_ai_sim.sim import AzureMLSimulator
 from cluster import Server, server_from_environment
 
 DEMO_SQL = Path(__file__).with_name("demo.sql")
+KEY = "sim-key"
 
 
-def run_demo(server: Server, dsn: str) -> subprocess.CompletedProcess:
+def run_demo(server: Server, dsn: str, azureml: AzureMLSimulator) -> subprocess.CompletedProcess:
     """psql echoes each statement before its result; errors and notices interleave."""
     return server.run(
         "psql", "--no-psqlrc", "--echo-queries", "-v", "ON_ERROR_STOP=1",
+        "-v", f"scoring_endpoint={azureml.url}/score", "-v", f"endpoint_key={KEY}",
         f"--dbname={dsn}", f"--file={DEMO_SQL}", stderr=subprocess.STDOUT,
     )  # fmt: skip
 
 
 def main() -> int:
-    with server_from_environment() as server, server.database("azure_ai_demo") as dsn:
-        result = run_demo(server, dsn)
+    with (
+        AzureMLSimulator(keys=(KEY,)) as azureml,
+        server_from_environment() as server,
+        server.database("azure_ai_demo") as dsn,
+    ):
+        result = run_demo(server, dsn, azureml)
     print(result.stdout)
     return result.returncode
 

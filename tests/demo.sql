@@ -1,14 +1,34 @@
 -- azure_ai_sim demo: SQL from the Azure Database for PostgreSQL and Aurora docs,
 -- running on a plain PostgreSQL. psql prints each statement, then its result.
+-- `make demo` starts a private PostgreSQL and the Azure ML simulator, and passes the
+-- simulator's address as :'scoring_endpoint'.
 
--- Azure: install azure_ai (no CASCADE needed) and configure an Azure ML endpoint.
+-- Azure: install azure_ai (no CASCADE needed) and configure Azure ML.
 CREATE EXTENSION IF NOT EXISTS azure_ai;
 SELECT azure_ai.version();
-select azure_ai.set_setting('azure_ml.scoring_endpoint','https://x.example/score');
-select azure_ai.set_setting('azure_ml.endpoint_key', 'demo-endpoint-key');
+select azure_ai.set_setting('azure_ml.scoring_endpoint', :'scoring_endpoint');
+select azure_ai.set_setting('azure_ml.endpoint_key', :'endpoint_key');
 select azure_ai.get_setting('azure_ml.scoring_endpoint');
 SELECT azure_ai.set_setting('azure_openai.auth_type', 'managed-identity');
 SELECT azure_ai.get_setting('azure_openai.auth_type');
+
+-- Azure ML: the documented examples, scored by the Housingprediction deployment.
+SELECT * FROM azure_ml.invoke('{"input_data": [[1,2,3,4,5,6,7,8],[-1,-2,-3,-4,-5,-6,-7,-8]], "params": {}}', deployment_name=>'Housingprediction');
+SELECT jsonb_array_elements(invoke.invoke) as MedianHousePrediction FROM azure_ml.invoke('{"input_data": [[1,2,3,4,5,6,7,8],[-1,-2,-3,-4,-5,-6,-7,-8]], "params": {}}', deployment_name=>'Housingprediction');
+
+-- One call per row of a table: a California block group (MedInc, HouseAge, AveRooms,
+-- AveBedrms, Population, AveOccup, Latitude, Longitude); values in $100,000.
+CREATE TEMP TABLE blocks (name text, features jsonb);
+INSERT INTO blocks VALUES
+    ('Berkeley hills', '[8.3252, 41, 6.984, 1.024, 322, 2.556, 37.88, -122.23]'),
+    ('Central Valley', '[2.5, 25, 5.1, 1.1, 1200, 3.1, 36.7, -119.8]');
+SELECT name, round((azure_ml.invoke(jsonb_build_object('input_data', jsonb_build_array(features)),
+                                    deployment_name => 'Housingprediction') ->> 0)::numeric, 2)
+       AS median_house_value
+FROM blocks ORDER BY name;
+
+-- A failed call with throw_on_error => false: NULL and a WARNING, the transaction goes on.
+SELECT azure_ml.invoke('{"input_data": [[1,2,3]]}', throw_on_error => false) IS NULL AS failed;
 
 -- Azure: local embeddings; CASCADE pulls in pgvector.
 CREATE EXTENSION IF NOT EXISTS azure_local_ai CASCADE;

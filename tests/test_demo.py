@@ -2,14 +2,18 @@
 
 import re
 
+from azure_ai_sim.sim.models import HOUSING
 from demo import run_demo
 
 
-def test_demo_runs_and_prints_results(server, database):
-    result = run_demo(server, database)
-    assert result.returncode == 0, result.stdout
+def test_demo_runs_and_prints_results(server, database, azureml):
+    result = run_demo(server, database, azureml)
     output = result.stdout
-    assert "https://x.example/score" in output
+    assert result.returncode == 0, output
+    first, second = HOUSING.predict([[1, 2, 3, 4, 5, 6, 7, 8], [-1, -2, -3, -4, -5, -6, -7, -8]])
+    assert f" {first}\n" in output and f" {second}\n" in output  # jsonb_array_elements rows
+    assert re.search(r"^ Berkeley hills \| +\d+\.\d\d$", output, re.MULTILINE)
+    assert "WARNING:  azure_ml.invoke: HTTP 424" in output
     assert " managed-identity" in output
     assert 'NOTICE:  installing required extension "vector"' in output
     assert 'NOTICE:  installing required extension "aws_commons"' in output
@@ -19,4 +23,3 @@ def test_demo_runs_and_prints_results(server, database):
         "must be an http:// or https:// URL with a host" in output
     )
     assert 'ERROR:  azure_ai.get_setting: unknown setting key "azure_ml.endpointkey"' in output
-    assert "x.example/score'" not in output.split("ERROR:")[1]
