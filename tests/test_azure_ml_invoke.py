@@ -330,34 +330,27 @@ def wait_for_request(azureml, count: int = 1) -> None:
     raise AssertionError("the simulator never saw the request")
 
 
+def assert_interrupted(call: dict, reason: str) -> None:
+    call["thread"].join(20)  # a functional bound: the simulator would answer after 60 s
+    assert not call["thread"].is_alive()
+    assert isinstance(call["error"], psycopg.errors.QueryCanceled)
+    assert call["error"].diag.message_primary == f"azure_ml.invoke: canceling statement {reason}"
+    assert call["after"] == 42  # the same session goes on
+
+
 def test_pg_cancel_backend_interrupts_a_slow_call(conn, database, azureml):
     queue(azureml, {"latency_ms": 60_000})
     call = run_in_thread(database, f"SELECT azure_ml.invoke({SMALL})")
     wait_for_request(azureml)
     conn.execute("SELECT pg_cancel_backend(%s)", (call["pid"],))
-    call["thread"].join(20)  # a functional bound: the simulator would answer after 60 s
-    assert not call["thread"].is_alive()
-    assert isinstance(call["error"], psycopg.errors.QueryCanceled)
-    assert call["error"].diag.message_primary == (
-        "azure_ml.invoke: canceling statement due to user request"
-    )
-    assert call["after"] == 42
+    assert_interrupted(call, "due to user request")
 
 
-def test_statement_timeout_interrupts_a_slow_call(conn, database, azureml):
+def test_statement_timeout_interrupts_a_slow_call(database, azureml):
     queue(azureml, {"latency_ms": 60_000})
-    call = run_in_thread(
-        database,
-        f"SELECT azure_ml.invoke({SMALL}, throw_on_error => false)",
-        setup="SET statement_timeout = 300",
-    )
-    call["thread"].join(20)
-    assert not call["thread"].is_alive()
-    assert isinstance(call["error"], psycopg.errors.QueryCanceled)
-    assert call["error"].diag.message_primary == (
-        "azure_ml.invoke: canceling statement due to statement timeout"
-    )
-    assert call["after"] == 42
+    statement = f"SELECT azure_ml.invoke({SMALL}, throw_on_error => false)"
+    call = run_in_thread(database, statement, setup="SET statement_timeout = 300")
+    assert_interrupted(call, "due to statement timeout")
 
 
 # --- settings, concurrency, parallel query -----------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import ssl
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -102,8 +103,9 @@ class AzureMLSimulator(Simulator):
         default_deployment: str = DEFAULT_DEPLOYMENT,
         request_timeout_ms: int | None = None,
         identity_header: str = managed_identity.DEFAULT_HEADER_SECRET,
+        tls: ssl.SSLContext | None = None,
     ):
-        super().__init__(host, port, request_timeout_ms=request_timeout_ms)
+        super().__init__(host, port, request_timeout_ms=request_timeout_ms, tls=tls)
         if default_deployment not in DEPLOYMENTS:
             raise ValueError(f"unknown deployment {default_deployment!r}; known: {_known()}")
         self.keys = tuple(keys) or (DEFAULT_KEY,)

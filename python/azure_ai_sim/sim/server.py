@@ -26,6 +26,7 @@ import json
 import math
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -235,10 +236,16 @@ class Simulator:
     default_request_timeout_ms = 5000
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, *, request_timeout_ms: int | None = None
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        request_timeout_ms: int | None = None,
+        tls: ssl.SSLContext | None = None,
     ):
         self.host = host
         self.port = port
+        self.tls = tls  # a server-side context: serve HTTPS
         self.request_timeout_ms = request_timeout_ms or self.default_request_timeout_ms
         self.faults = FaultQueue()
         self.recorded = RequestLog()
@@ -335,12 +342,14 @@ class Simulator:
         if self._server is None:
             raise RuntimeError(f"the {self.name} simulator is not running")
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
     def start(self) -> str:
         """Starts serving on a background thread and returns the base URL."""
         if self._server is None:
             self._server = _Server((self.host, self.port), self)
+            if self.tls is not None:
+                self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
             self._thread = threading.Thread(
                 target=self._server.serve_forever,
                 kwargs={"poll_interval": 0.05},  # how long stop() may wait
