@@ -55,7 +55,9 @@ def test_interim_responses_are_skipped():
 def test_body_until_close_and_http10_do_not_keep_alive():
     reply = exchange(b"HTTP/1.0 200 OK\r\n\r\n[true]", close=True)
     assert (reply.body, reply.keep_alive) == (b"[true]", False)
-    closing = exchange(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+    closing = exchange(
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 0\r\n\r\n"
+    )
     assert closing.keep_alive is False
 
 
@@ -81,13 +83,25 @@ def test_too_large(raw):
         (b"SSH-2.0-OpenSSH\r\n\r\n", "no HTTP status line"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", "Content-Length"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad chunk size"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n", "bad chunk size"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n[]xx0\r\n\r\n", "CRLF"),
     ],
 )
 def test_malformed_responses(raw, message):
-    with pytest.raises(errors.InvalidResponse, match=message):
+    with pytest.raises(errors.MalformedResponse, match=message):
         exchange(raw)
 
 
 def test_a_connection_closed_mid_response():
     with pytest.raises(wire.Closed):
         exchange(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n[1", close=True)
+
+
+def test_an_idle_connection_is_usable_until_the_server_sends_or_closes():
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    connection = wire.Connection(ours)
+    assert connection.usable()
+    theirs.close()
+    assert not connection.usable()
+    connection.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 
 import azure_ai_sim
@@ -38,22 +39,8 @@ def invoke(
     deadline = transport.Deadline(_seconds_allowed(timeout_ms))
     if deployment_name == "":
         raise errors.InvalidParameter("deployment_name must not be empty")
-    try:
-        response = _score(input_data, deployment_name, deadline, policy)
-        return _json_text(response)
-    except errors.CallFailed as failure:
-        if throw_on_error is False:
-            pg.warning(failure, "azure_ml.invoke")
-            return None
-        raise
-
-
-def _score(
-    payload: str,
-    deployment_name: str | None,
-    deadline: transport.Deadline,
-    policy: transport.RetryPolicy,
-) -> transport.Response:
+    if pg.in_parallel_mode():
+        raise errors.ParallelMode()
     settings = SETTINGS.snapshot()
     endpoint = settings.get("azure_ml.scoring_endpoint")
     if endpoint is None:
@@ -61,13 +48,40 @@ def _score(
             'setting "azure_ml.scoring_endpoint" is not set',
             hint="SELECT azure_ai.set_setting('azure_ml.scoring_endpoint', '<scoring URI>');",
         )
+    secret = None
+    try:
+        secret = _credential(settings, deadline)
+        response = _score(input_data, endpoint, secret, deployment_name, deadline, policy)
+        return _json_text(response)
+    except errors.CallFailed as failure:
+        _redact(failure, secret)
+        if throw_on_error is False:
+            pg.warning(failure, "azure_ml.invoke")
+            return None
+        raise
+
+
+def _redact(failure: errors.CallFailed, secret: str | None) -> None:
+    """Whatever a service or proxy echoed, the key or token does not reach SQL."""
+    if secret:
+        failure.message = transport.redact(failure.message, (secret,))
+        failure.detail = failure.detail and transport.redact(failure.detail, (secret,))
+
+
+def _score(
+    payload: str,
+    endpoint: str,
+    secret: str | None,
+    deployment_name: str | None,
+    deadline: transport.Deadline,
+    policy: transport.RetryPolicy,
+) -> transport.Response:
     headers = {
         "Content-Type": "application/json",
         "Accept": "application/json",
         "User-Agent": USER_AGENT,
         "x-ms-client-request-id": str(uuid.uuid4()),
     }
-    secret = _credential(settings, deadline)
     if secret:
         headers["Authorization"] = f"Bearer {secret}"
     if deployment_name is not None:
@@ -91,17 +105,26 @@ def _credential(settings: dict[str, str], deadline: transport.Deadline) -> str |
 
 
 def _json_text(response: transport.Response) -> str:
+    """The body, once it is known to be JSON that jsonb accepts too."""
     try:
         text = response.body.decode("utf-8")
-        json.loads(text)
-    except ValueError:
+        document = json.loads(text, parse_constant=_not_in_jsonb)
+        if "\\u" in text:  # escapes jsonb refuses: \u0000 and unpaired surrogates
+            json.dumps(document, ensure_ascii=False).encode("utf-8")
+            if "\\u0000" in text:
+                raise ValueError("\\u0000")
+    except (ValueError, RecursionError):
         raise errors.InvalidResponse(
-            f"the endpoint answered HTTP {response.status} with a body that is not JSON: "
-            f"{response.body[:100]!r}",
+            f"the endpoint answered HTTP {response.status} with a body that is not JSON "
+            f"PostgreSQL accepts: {response.body[:100]!r}",
             request_id=response.request_id,
             detail=f"request id: {response.request_id}." if response.request_id else None,
         ) from None
     return text
+
+
+def _not_in_jsonb(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _seconds_allowed(timeout_ms: int | None) -> float:
@@ -128,7 +151,7 @@ def _max_response_bytes() -> int:
     configured = pg.setting(MAX_RESPONSE_BYTES_SETTING)
     if not configured:
         return DEFAULT_MAX_RESPONSE_BYTES
-    if not configured.isdigit() or int(configured) == 0:
+    if not re.fullmatch(r"[0-9]{1,18}", configured) or int(configured) == 0:
         raise errors.InvalidParameter(
             f"{MAX_RESPONSE_BYTES_SETTING} must be a positive number of bytes"
         )

@@ -70,12 +70,19 @@ class CallFailed(Error):
         self.request_id = request_id  # the service's, for its support staff
 
 
+# Not class 08: connection pools take that for a broken database connection.
 class ConnectFailed(CallFailed):
-    sqlstate = "08001"  # sqlclient_unable_to_establish_sqlconnection
+    sqlstate = "58030"  # io_error
 
 
 class ConnectionLost(CallFailed):
-    sqlstate = "08006"  # connection_failure
+    sqlstate = "58030"  # io_error
+
+
+class MalformedResponse(CallFailed):
+    """The bytes that came back are not HTTP."""
+
+    sqlstate = "58000"  # system_error
 
 
 class TimedOut(CallFailed):

@@ -8,6 +8,7 @@ Tokens are cached per backend until shortly before they expire.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -24,7 +25,7 @@ def bearer_token(audience: str, deadline: transport.Deadline) -> str:
     token = _tokens.get(scope)
     if token is None or token.expires_on - time.time() < REFRESH_BEFORE_EXPIRY_SECONDS:
         try:
-            token = transport.run_blocking(lambda: _get_token(scope), deadline)
+            token = transport.run_blocking(("token", scope), lambda: _get_token(scope), deadline)
         except errors.TimedOut:
             raise errors.TimedOut(
                 f"no managed-identity token for {audience} within {deadline.seconds * 1000:.0f} ms"
@@ -40,6 +41,9 @@ def _get_token(scope: str) -> Any:
 
     if _credential is None:
         from azure.identity import DefaultAzureCredential
+
+        # Its warnings would reach the server log through logging's last-resort handler.
+        logging.getLogger("azure").addHandler(logging.NullHandler())
 
         _credential = DefaultAzureCredential(
             exclude_cli_credential=True,

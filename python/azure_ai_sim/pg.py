@@ -34,12 +34,18 @@ class _Backend:
         self.is_in_parallel_mode.restype = ctypes.c_bool
         self.is_in_parallel_mode.argtypes = []
         self.interrupt_pending = ctypes.c_int.in_dll(postgres, "InterruptPending")
-        self.statement_timeout_ms = ctypes.c_int.in_dll(postgres, "StatementTimeout")
         self.statement_start = postgres.GetCurrentStatementStartTimestamp
         self.now = postgres.GetCurrentTimestamp
         for clock in (self.statement_start, self.now):
             clock.restype = ctypes.c_int64  # TimestampTz: microseconds
             clock.argtypes = []
+        # The statement_timeout timer itself, as PostgreSQL armed it for this statement.
+        self.timeout_active = postgres.get_timeout_active
+        self.timeout_active.restype = ctypes.c_bool
+        self.timeout_active.argtypes = [ctypes.c_int]
+        self.timeout_finish = postgres.get_timeout_finish_time
+        self.timeout_finish.restype = ctypes.c_int64
+        self.timeout_finish.argtypes = [ctypes.c_int]
         self.get_config_option = postgres.GetConfigOption
         self.get_config_option.restype = ctypes.c_char_p
         self.get_config_option.argtypes = [ctypes.c_char_p, ctypes.c_bool, ctypes.c_bool]
@@ -67,14 +73,16 @@ def statement_id() -> int:
     return _postgres().statement_start()
 
 
+STATEMENT_TIMEOUT = 3  # TimeoutId in PostgreSQL's utils/timeout.h
+
+
 def statement_seconds_left() -> float | None:
-    """What statement_timeout leaves of the current statement; None without a timeout."""
+    """When the statement_timeout timer of this statement fires; None if none is armed."""
     backend = _postgres()
-    timeout_ms = backend.statement_timeout_ms.value
-    if timeout_ms <= 0:
+    if not backend.timeout_active(STATEMENT_TIMEOUT):
         return None
-    elapsed_us = backend.now() - backend.statement_start()
-    return max(timeout_ms / 1000 - elapsed_us / 1e6, 0.0)
+    left_us = backend.timeout_finish(STATEMENT_TIMEOUT) - backend.now()
+    return max(left_us / 1e6, 0.0)
 
 
 def setting(name: str) -> str | None:
@@ -105,15 +113,15 @@ def sleep(seconds: float) -> None:
 
 
 def wait_for(event: threading.Event, seconds: float) -> bool:
-    """Waits up to `seconds` for the event, checking for interrupts in between slices."""
+    """Waits up to `seconds` for the event, checking for interrupts before every slice."""
     end = time.monotonic() + seconds
     while True:
+        check_for_interrupts()
         left = end - time.monotonic()
         if left <= 0:
             return event.is_set()
         if event.wait(min(WAIT_SLICE_SECONDS, left)):
             return True
-        check_for_interrupts()
 
 
 def execute(query: str, types: Sequence[str] = (), args: Sequence[Any] = ()) -> list[dict]:

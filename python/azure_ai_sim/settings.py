@@ -22,6 +22,8 @@ def http_url(value: str) -> None:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname or value != value.strip():
         raise ValueError("must be an http:// or https:// URL with a host")
+    if "@" in parts.netloc:
+        raise ValueError("must not hold a user name or password: keys go in their own setting")
     try:
         parts.port  # noqa: B018 - urlsplit validates the port lazily
     except ValueError:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import queue
 import random
 import signal
 import socket
@@ -76,7 +75,7 @@ class RetryPolicy:
 
     def backoff(self, attempt: int, retry_after: float | None) -> float:
         """Exponential backoff with jitter, never shorter than the service's Retry-After."""
-        exponential = self.delay_seconds * 2 ** (attempt - 1)
+        exponential = self.delay_seconds * 2 ** min(attempt - 1, 30)
         jittered = exponential * (0.5 + self.jitter() / 2)
         return max(jittered, retry_after or 0.0)
 
@@ -86,17 +85,18 @@ def send(request: Request, deadline: Deadline, policy: RetryPolicy) -> Response:
     attempt = 0
     while True:
         attempt += 1
-        attempts_left = policy.max_attempts - attempt + 1
-        failure: errors.CallFailed
+        pg.check_for_interrupts()
         retry_after = None
         try:
-            response = _attempt(request, Deadline(deadline.left() / attempts_left))
+            response = _attempt(request, deadline)
         except errors.TimedOut:
-            failure = errors.TimedOut(
+            failure: errors.CallFailed = errors.TimedOut(
                 f"no response from {_show(request.url)} within {deadline.seconds * 1000:.0f} ms"
             )
         except (errors.ConnectFailed, errors.ConnectionLost) as lost:
             failure = lost
+        except errors.CallFailed as final:
+            raise _with_attempts(final, attempt, request) from None
         else:
             response.attempts = attempt
             if 200 <= response.status < 300:
@@ -105,7 +105,7 @@ def send(request: Request, deadline: Deadline, policy: RetryPolicy) -> Response:
             retry_after = _retry_after_seconds(response.headers.get("retry-after"))
             if response.status not in RETRY_STATUSES:
                 raise _with_attempts(failure, attempt, request)
-        if attempt >= policy.max_attempts:
+        if attempt >= policy.max_attempts or deadline.left() <= 0:
             raise _with_attempts(failure, attempt, request)
         wait = policy.backoff(attempt, retry_after)
         if wait >= deadline.left():
@@ -190,7 +190,8 @@ def _with_attempts(
 def _show(url: str) -> str:
     """The URL as errors show it: no query string, which may carry a signature."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+    host = parts.netloc.rpartition("@")[2]  # never a user name or password
+    return f"{parts.scheme}://{host}{parts.path}"
 
 
 # --- one attempt -------------------------------------------------------------------------
@@ -225,32 +226,32 @@ _idle: dict[tuple[str, str, int], wire.Connection] = {}
 
 
 def _attempt(request: Request, deadline: Deadline) -> Response:
+    """One exchange; it may use all the time that is left."""
     endpoint = _endpoint(request.url)
     message = wire.encode_request(
         request.method, endpoint.host_header, endpoint.path, request.headers, request.body
     )
     key = (endpoint.scheme, endpoint.host, endpoint.port)
     connection = _idle.pop(key, None)
-    reused = connection is not None and not connection.closed_by_peer()
-    if connection is not None and not reused:
-        connection.close()
-    if not reused:
-        connection = _connect(request.url, endpoint, deadline)
+    reused = connection is not None
     try:
-        reply = connection.exchange(message, deadline.left, request.max_response_bytes)
-    except (wire.Closed, ConnectionError) as error:
-        connection.close()
-        if not reused or connection.received:
-            raise _lost(request, error) from None
-        # The server closed the kept-alive connection as we sent: once more, afresh.
-        connection = _connect(request.url, endpoint, deadline)
+        if connection is not None and not connection.usable():
+            connection.close()
+            connection, reused = None, False
+        if connection is None:
+            connection = _connect(request.url, endpoint, deadline)
         try:
             reply = connection.exchange(message, deadline.left, request.max_response_bytes)
-        except BaseException as again:
+        except wire.SendFailed:
+            if not reused:
+                raise
+            # Closed by the server while idle: it never read this request. Once more, afresh.
             connection.close()
-            raise _exchange_error(request, again) from None
+            connection = _connect(request.url, endpoint, deadline)
+            reply = connection.exchange(message, deadline.left, request.max_response_bytes)
     except BaseException as error:
-        connection.close()
+        if connection is not None:
+            connection.close()
         raise _exchange_error(request, error) from None
     if reply.keep_alive:
         _idle[key] = connection
@@ -277,7 +278,9 @@ def _addresses(host: str, port: int, deadline: Deadline) -> list[tuple]:
         ipaddress.ip_address(host)
     except ValueError:
         return run_blocking(
-            lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), deadline
+            ("getaddrinfo", host, port),
+            lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM),
+            deadline,
         )
     return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
 
@@ -294,7 +297,7 @@ def _exchange_error(request: Request, error: BaseException) -> BaseException:
         return errors.TimedOut("the deadline passed")
     if isinstance(error, wire.TooLarge):
         return _too_large(request, error.size)
-    if isinstance(error, (OSError, wire.Closed)):
+    if isinstance(error, (OSError, wire.Closed, wire.SendFailed)):
         return _lost(request, error)
     return error
 
@@ -313,17 +316,25 @@ def _too_large(request: Request, size: int | None) -> errors.ResponseTooLarge:
     )
 
 
-# --- the I/O thread ---------------------------------------------------------------------
+# --- calls that can only block -----------------------------------------------------------
 
 
 class _Job:
+    """A blocking call on a thread of its own, with signals blocked: PostgreSQL's signal
+    handlers must run on the backend's thread."""
+
     def __init__(self, function: Callable[[], Any]):
         self.function = function
         self.done = threading.Event()
         self.result: Any = None
         self.error: BaseException | None = None
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:  # a new thread inherits the signal mask of the thread that starts it
+            threading.Thread(target=self._run, name="azure_ai_sim-blocking", daemon=True).start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
-    def run(self) -> None:
+    def _run(self) -> None:
         try:
             self.result = self.function()
         except BaseException as error:
@@ -331,52 +342,21 @@ class _Job:
         self.done.set()
 
 
-class _IOThread:
-    """Runs blocking calls for the backend's thread, one at a time, with signals blocked.
-
-    PostgreSQL's signal handlers must run on the backend's own thread. A thread whose call
-    was abandoned is retired: it finishes that call in the background and exits.
-    """
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-        try:  # a new thread inherits the signal mask of the thread that starts it
-            threading.Thread(target=self._loop, name="azure_ai_sim-io", daemon=True).start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-
-    def _loop(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            job.run()
-
-    def submit(self, job: _Job) -> None:
-        self._jobs.put(job)
-
-    def retire(self) -> None:
-        self._jobs.put(None)
+# In-flight calls by what they fetch: a call abandoned on a cancel or a deadline keeps
+# running, and the next caller that needs the same thing waits for it instead of
+# starting another. So there is at most one thread per thing, and no result is lost.
+_jobs: dict[Any, _Job] = {}
 
 
-_io_thread: _IOThread | None = None
-
-
-def run_blocking(function: Callable[[], Any], deadline: Deadline) -> Any:
-    """Runs a call that can only block on the I/O thread; a cancel or the deadline abandons
-    it, and the abandoned call finishes in the background on a retired thread."""
-    global _io_thread
-    if _io_thread is None:
-        _io_thread = _IOThread()
-    job = _Job(function)
-    _io_thread.submit(job)
-    abandoned = True
-    try:
-        abandoned = not pg.wait_for(job.done, deadline.left())
-    finally:
-        if abandoned:
-            _io_thread.retire()
-            _io_thread = None
-    if abandoned:
+def run_blocking(key: Any, function: Callable[[], Any], deadline: Deadline) -> Any:
+    """Runs `function` on a thread; the backend's thread waits, cancellable, until the
+    deadline. A finished call's result is handed to the first caller that waits for it."""
+    job = _jobs.get(key)
+    if job is None:
+        job = _jobs[key] = _Job(function)
+    if not pg.wait_for(job.done, deadline.left()):
         raise errors.TimedOut(f"no result within {deadline.seconds * 1000:.0f} ms")
+    del _jobs[key]
     if job.error is not None:
         raise job.error
     return job.result

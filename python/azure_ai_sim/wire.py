@@ -1,9 +1,10 @@
 """HTTP/1.1 on a non-blocking socket, driven from the backend's own thread.
 
-Every wait is a select() of at most pg.WAIT_SLICE_SECONDS followed by a look for
-interrupts, so a cancel or statement_timeout ends any exchange within a slice, whatever the
-server does. Doing this on the backend's thread instead of handing blocking calls to
-another thread saves the two thread switches that cost about 60 µs a call.
+Before every wait, and between waits of at most pg.WAIT_SLICE_SECONDS, PostgreSQL gets to
+act on a pending cancel or statement_timeout, so an exchange ends within a slice whatever
+the server does, even a server that trickles bytes. Doing this on the backend's thread,
+instead of handing blocking calls to another thread, saves two thread switches (about
+60 µs) a call.
 
 Only what the transport needs: one request at a time per connection, responses framed by
 Content-Length, chunked encoding or the end of the connection.
@@ -18,17 +19,32 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from azure_ai_sim import errors, pg
 
 RECEIVE_BYTES = 65536
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 MAX_HEAD_BYTES = 65536
 NO_BODY_STATUSES = frozenset({204, 304})
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,15}")
+_IN_PROGRESS = (115, 36, 10035)  # EINPROGRESS on Linux and BSD, WSAEWOULDBLOCK
+
+DeadlineLeft = Callable[[], float]
 
 
 class Closed(Exception):
     """The peer closed the connection, or it broke: the caller decides what that means."""
+
+
+class SendFailed(Exception):
+    """The request could not be written: the server cannot have acted on it."""
+
+
+class TooLarge(Exception):
+    def __init__(self, size: int | None):
+        super().__init__(size)
+        self.size = size
 
 
 @dataclass
@@ -40,36 +56,32 @@ class Reply:
 
 
 class Connection:
-    """One kept-alive connection. `deadline_left` says how many seconds the call has left."""
+    """One kept-alive connection."""
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self._buffer = bytearray()
-        self.received = 0  # bytes of the current exchange: none means it is safe to resend
 
     @classmethod
     def open(
-        cls,
-        addresses: list[tuple],
-        tls: ssl.SSLContext | None,
-        server_name: str,
-        deadline_left: Callable[[], float],
-    ) -> Connection:
+        cls, addresses: list[tuple], tls: ssl.SSLContext | None, server_name: str,
+        deadline_left: DeadlineLeft,
+    ) -> Connection:  # fmt: skip
         """Connects to the first address that answers; with TLS, completes the handshake."""
         failure: OSError | None = None
         for family, kind, protocol, _, address in addresses:
             sock = socket.socket(family, kind, protocol)
-            sock.setblocking(False)
             try:
+                sock.setblocking(False)
                 if family in (socket.AF_INET, socket.AF_INET6):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 result = sock.connect_ex(address)
                 if result not in (0, *_IN_PROGRESS):
-                    raise OSError(result, _strerror(result))
+                    raise OSError(result, os.strerror(result))
                 _wait(sock, deadline_left, write=True)
                 result = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if result:
-                    raise OSError(result, _strerror(result))
+                    raise OSError(result, os.strerror(result))
                 if tls is not None:
                     sock = tls.wrap_socket(
                         sock, server_hostname=server_name, do_handshake_on_connect=False
@@ -79,22 +91,37 @@ class Connection:
             except OSError as error:
                 sock.close()
                 failure = error
+            except BaseException:
+                sock.close()
+                raise
         raise failure or OSError("no address to connect to")
 
     def close(self) -> None:
         self.sock.close()
 
-    def closed_by_peer(self) -> bool:
-        """An idle kept-alive connection that is readable was closed by the server."""
-        readable, _, _ = select.select([self.sock], [], [], 0)
-        return bool(readable) or bool(self._buffer)
+    def usable(self) -> bool:
+        """An idle kept-alive connection stays usable until the server sends or closes."""
+        if self._buffer:
+            return False
+        try:
+            if isinstance(self.sock, ssl.SSLSocket):
+                self.sock.recv(1)  # a TLS record that is not data (a ticket) reads as nothing
+            else:
+                self.sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return True
+        except OSError:
+            return False
+        return False  # data nobody asked for, or the end of the connection
 
-    def exchange(self, request: bytes, deadline_left: Callable[[], float], max_body: int) -> Reply:
-        self.received = 0
-        self._send(request, deadline_left)
+    def exchange(self, request: bytes, deadline_left: DeadlineLeft, max_body: int) -> Reply:
+        try:
+            self._send(request, deadline_left)
+        except (OSError, Closed) as error:
+            raise SendFailed(str(error) or type(error).__name__) from error
         return self._receive(deadline_left, max_body)
 
-    def _send(self, data: bytes, deadline_left: Callable[[], float]) -> None:
+    def _send(self, data: bytes, deadline_left: DeadlineLeft) -> None:
         view = memoryview(data)
         while view:
             sent = _retry_on_want(
@@ -102,14 +129,13 @@ class Connection:
             )
             view = view[sent:]
 
-    def _fill(self, deadline_left: Callable[[], float]) -> None:
+    def _fill(self, deadline_left: DeadlineLeft) -> None:
         """Receives whatever the server has sent next into the buffer."""
         data = _retry_on_want(
             self.sock, lambda: self.sock.recv(RECEIVE_BYTES), deadline_left, writing=False
         )
         if not data:
             raise Closed("the server closed the connection")
-        self.received += len(data)
         self._buffer += data
 
     def _take(self, size: int) -> bytes:
@@ -117,86 +143,85 @@ class Connection:
         del self._buffer[:size]
         return taken
 
-    def _line(self, deadline_left: Callable[[], float], limit: int = MAX_HEAD_BYTES) -> bytes:
+    def _line(self, deadline_left: DeadlineLeft) -> bytes:
         while (end := self._buffer.find(b"\r\n")) < 0:
-            if len(self._buffer) > limit:
-                raise errors.InvalidResponse("the server sent a line longer than 64 KiB")
+            if len(self._buffer) > MAX_HEAD_BYTES:
+                raise errors.MalformedResponse("the server sent a line longer than 64 KiB")
             self._fill(deadline_left)
         return self._take(end + 2)[:-2]
 
-    def _exactly(self, size: int, deadline_left: Callable[[], float]) -> bytes:
+    def _exactly(self, size: int, deadline_left: DeadlineLeft) -> bytes:
         while len(self._buffer) < size:
             self._fill(deadline_left)
         return self._take(size)
 
-    def _receive(self, deadline_left: Callable[[], float], max_body: int) -> Reply:
-        while True:
+    def _receive(self, deadline_left: DeadlineLeft, max_body: int) -> Reply:
+        status, headers, http10 = self._head(deadline_left)
+        while 100 <= status < 200:  # interim responses such as 100 Continue
             status, headers, http10 = self._head(deadline_left)
-            if not 100 <= status < 200:  # skip interim responses such as 100 Continue
-                break
-        close = headers.get("connection", "").lower() == "close" or http10
+        connection = {token.strip().lower() for token in headers.get("connection", "").split(",")}
+        keep_alive = not http10 and "close" not in connection
         if status in NO_BODY_STATUSES:
-            return Reply(status, headers, b"", not close)
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            return Reply(status, headers, self._chunked(deadline_left, max_body), not close)
+            return Reply(status, headers, b"", keep_alive)
+        codings = headers.get("transfer-encoding", "").lower().split(",")
+        if codings[-1].strip() == "chunked":
+            return Reply(status, headers, self._chunked(deadline_left, max_body), keep_alive)
         length = headers.get("content-length")
         if length is not None:
-            if not length.isdigit():
-                raise errors.InvalidResponse(f"the server sent Content-Length {length!r}")
+            if not re.fullmatch(r"[0-9]{1,18}", length):
+                raise errors.MalformedResponse(f"the server sent Content-Length {length[:20]!r}")
             if int(length) > max_body:
                 raise TooLarge(int(length))
-            return Reply(status, headers, self._exactly(int(length), deadline_left), not close)
+            return Reply(status, headers, self._exactly(int(length), deadline_left), keep_alive)
         return Reply(status, headers, self._until_closed(deadline_left, max_body), False)
 
-    def _head(self, deadline_left: Callable[[], float]) -> tuple[int, dict[str, str], bool]:
+    def _head(self, deadline_left: DeadlineLeft) -> tuple[int, dict[str, str], bool]:
         status_line = self._line(deadline_left).decode("latin-1")
         version, _, rest = status_line.partition(" ")
         code = rest[:3]
         if not version.startswith("HTTP/1.") or not code.isdigit():
-            raise errors.InvalidResponse(f"the server sent no HTTP status line: {status_line!r}")
+            raise errors.MalformedResponse(
+                f"the server sent no HTTP status line: {status_line[:60]!r}"
+            )
         headers: dict[str, str] = {}
         size = len(status_line)
         while line := self._line(deadline_left):
             size += len(line)
             if size > MAX_HEAD_BYTES:
-                raise errors.InvalidResponse("the server sent more than 64 KiB of headers")
+                raise errors.MalformedResponse("the server sent more than 64 KiB of headers")
             name, _, value = line.decode("latin-1").partition(":")
-            name = name.strip().lower()
-            headers[name] = (
-                f"{headers[name]}, {value.strip()}" if name in headers else value.strip()
-            )
+            name, value = name.strip().lower(), value.strip()
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
         return int(code), headers, version == "HTTP/1.0"
 
-    def _chunked(self, deadline_left: Callable[[], float], max_body: int) -> bytes:
+    def _chunked(self, deadline_left: DeadlineLeft, max_body: int) -> bytes:
         body = bytearray()
         while True:
-            size_line = self._line(deadline_left).split(b";")[0].strip()
-            try:
-                size = int(size_line, 16)
-            except ValueError:
-                raise errors.InvalidResponse(f"bad chunk size {size_line[:20]!r}") from None
+            size_field = self._line(deadline_left).split(b";")[0].strip()
+            if not _CHUNK_SIZE.fullmatch(size_field):
+                raise errors.MalformedResponse(
+                    f"the server sent a bad chunk size {size_field[:20]!r}"
+                )
+            size = int(size_field, 16)
             if size == 0:
                 while self._line(deadline_left):  # trailers, up to the empty line
                     pass
                 return bytes(body)
             if len(body) + size > max_body:
                 raise TooLarge(None)
-            body += self._exactly(size + 2, deadline_left)[:-2]
+            chunk = self._exactly(size + 2, deadline_left)
+            if chunk[-2:] != b"\r\n":
+                raise errors.MalformedResponse("a chunk of the response does not end in CRLF")
+            body += chunk[:-2]
 
-    def _until_closed(self, deadline_left: Callable[[], float], max_body: int) -> bytes:
+    def _until_closed(self, deadline_left: DeadlineLeft, max_body: int) -> bytes:
         while True:
-            if len(self._buffer) > max_body:
-                raise TooLarge(None)
             try:
                 self._fill(deadline_left)
             except Closed:
                 return self._take(len(self._buffer))
-
-
-class TooLarge(Exception):
-    def __init__(self, size: int | None):
-        super().__init__(size)
-        self.size = size
+            if len(self._buffer) > max_body:
+                raise TooLarge(None)
 
 
 def encode_request(
@@ -214,28 +239,23 @@ def encode_request(
     return head + body
 
 
-_IN_PROGRESS = (115, 36, 10035)  # EINPROGRESS on Linux and BSD, WSAEWOULDBLOCK
-
-
-def _strerror(code: int) -> str:
-    return os.strerror(code)
-
-
-def _wait(sock: socket.socket, deadline_left: Callable[[], float], *, write: bool) -> None:
+def _wait(sock: socket.socket, deadline_left: DeadlineLeft, *, write: bool) -> None:
     """Waits until the socket is ready, a slice at a time, letting interrupts through."""
-    readers, writers = ([], [sock]) if write else ([sock], [])
+    poller = select.poll()  # not select(): that fails on descriptors over 1023
+    poller.register(sock, select.POLLOUT if write else select.POLLIN)
     while True:
+        pg.check_for_interrupts()
         left = deadline_left()
         if left <= 0:
             raise TimeoutError("the deadline passed")
-        if any(select.select(readers, writers, [], min(pg.WAIT_SLICE_SECONDS, left))[:2]):
+        if poller.poll(min(pg.WAIT_SLICE_SECONDS, left) * 1000):
             return
-        pg.check_for_interrupts()
 
 
 def _retry_on_want(
-    sock: socket.socket, operation: Callable, deadline_left: Callable[[], float], *, writing: bool
-):
+    sock: socket.socket, operation: Callable[[], Any], deadline_left: DeadlineLeft, *,
+    writing: bool,
+) -> Any:  # fmt: skip
     """Runs a non-blocking socket operation, waiting whenever it would block."""
     while True:
         try:
