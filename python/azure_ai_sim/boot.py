@@ -66,9 +66,11 @@ def _drop_site_packages(keep: str) -> None:
     ]
 
 
-def render(sql: str, version: str, libdir: str, extension: str) -> str:
-    """Expands each `#BOOT` line of an install script into PROLOGUE at the same indentation."""
+def render(sql: str, version: str, libdir: str, extension: str, modeldir: str = "") -> str:
+    """Expands each `#BOOT` line of an install script into PROLOGUE at the same indentation,
+    and @MODELDIR@ into the directory of the built-in models."""
     prologue = PROLOGUE.format(version=version, libdir=libdir, extension=extension)
+    sql = sql.replace("@MODELDIR@", modeldir)
     lines = []
     for line in sql.splitlines(keepends=True):
         if line.strip() == MARKER:
@@ -84,12 +86,13 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description="Render sql/ install scripts for installation.")
     parser.add_argument("--libdir", required=True, help="parent of the versioned package dirs")
+    parser.add_argument("--modeldir", required=True, help="where the built-in models are")
     parser.add_argument("--out", required=True, type=Path, help="directory to write into")
     parser.add_argument("scripts", nargs="+", type=Path)
     args = parser.parse_args()
     for script in args.scripts:
         extension = script.name.split("--")[0]
-        rendered = render(script.read_text(), __version__, args.libdir, extension)
+        rendered = render(script.read_text(), __version__, args.libdir, extension, args.modeldir)
         target = args.out / script.name
         target.write_text(rendered)
         target.chmod(0o644)  # read by the server as postgres, whatever root's umask

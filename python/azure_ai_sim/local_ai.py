@@ -1,0 +1,265 @@
+"""Entry points of the azure_local_ai extension: embeddings, the model registry, settings."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from azure_ai_sim import errors, pg
+from azure_ai_sim.embeddings import Model, Threads, file_facts, readable_file
+from azure_ai_sim.settings import SettingsTable, one_of, pattern
+
+SETTINGS = SettingsTable(
+    "azure_local_ai.settings",
+    {
+        "intra_op_parallelism": pattern("[1-9][0-9]{0,2}", "a number of threads, 1 to 999"),
+        "inter_op_parallelism": pattern("[1-9][0-9]{0,2}", "a number of threads, 1 to 999"),
+        "spin_control": one_of("true", "false"),
+    },
+)
+DEFAULTS = {
+    "intra_op_parallelism": str(os.cpu_count() or 1),
+    "inter_op_parallelism": "1",
+    "spin_control": "true",
+}
+MODEL_URI = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*(:[A-Za-z0-9._-]+)?")
+# What the build (models/) writes next to the built-in models: source, checksums.
+BUILD_FACTS = "build.json"
+
+_loaded: dict[str, Model] = {}
+
+
+# --- embeddings ----------------------------------------------------------------------------
+
+
+@pg.sql_function("azure_local_ai.create_embeddings")
+def create_embedding(model_uri: str | None, text: str | None, timeout_ms: int | None) -> Any:
+    if text is None:
+        return None
+    seconds_left = _deadline(timeout_ms)
+    return _model(model_uri).embed([text], 1, seconds_left)[0]
+
+
+@pg.sql_function("azure_local_ai.create_embeddings")
+def create_embeddings(
+    model_uri: str | None, texts: list[str | None] | None, batch_size: int | None,
+    timeout_ms: int | None,
+) -> list[Any]:  # fmt: skip
+    """One embedding per input, in input order; NULL for a NULL input."""
+    if not texts:
+        return []
+    if batch_size is None or batch_size < 1:
+        raise errors.InvalidParameter(f"batch_size must be at least 1, not {batch_size}")
+    seconds_left = _deadline(timeout_ms)
+    model = _model(model_uri)
+    present = [i for i, text in enumerate(texts) if text is not None]
+    vectors = model.embed([texts[i] for i in present], batch_size, seconds_left)
+    embeddings: list[Any] = [None] * len(texts)
+    for i, vector in zip(present, vectors):
+        embeddings[i] = vector
+    return embeddings
+
+
+def _deadline(timeout_ms: int | None) -> Any:
+    if timeout_ms is None:
+        return None
+    if timeout_ms <= 0:
+        raise errors.InvalidParameter(f"timeout_ms must be positive, not {timeout_ms}")
+    end = time.monotonic() + timeout_ms / 1000
+    return lambda: end - time.monotonic()
+
+
+def _model(model_uri: str | None) -> Model:
+    """The loaded model, or load it: one ONNX Runtime session per backend and model."""
+    row = _registered(model_uri)
+    loaded = _loaded.get(row["model_uri"])
+    if loaded is not None and loaded.model_path == row["model_path"]:
+        return loaded
+    threads = _threads()
+    _loaded[row["model_uri"]] = model = Model(
+        row["model_path"], row["tokenizer_path"], threads, row["metadata"]["max_tokens"]
+    )
+    return model
+
+
+def _threads() -> Threads:
+    settings = {**DEFAULTS, **SETTINGS.snapshot()}
+    return Threads(
+        int(settings["intra_op_parallelism"]),
+        int(settings["inter_op_parallelism"]),
+        settings["spin_control"] == "true",
+    )
+
+
+# --- the registry ---------------------------------------------------------------------------
+
+_registry_rows: dict[str, dict[str, Any]] = {}
+_registry_statement: int | None = None
+
+
+def _registry() -> dict[str, dict[str, Any]]:
+    """The registered models as this statement sees them: one query per statement."""
+    global _registry_rows, _registry_statement
+    statement = pg.statement_id()
+    if statement != _registry_statement:
+        rows = pg.execute(
+            "SELECT model_uri, model_path, tokenizer_path, metadata::text, builtin"
+            " FROM azure_local_ai.models"
+        )
+        _registry_rows = {row["model_uri"]: _decoded(row) for row in rows}
+        _registry_statement = statement
+    return _registry_rows
+
+
+def _decoded(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "metadata": json.loads(row["metadata"])}
+
+
+def _registered(model_uri: str | None) -> dict[str, Any]:
+    if model_uri is None:
+        raise errors.NullValueNotAllowed("model_uri must not be NULL")
+    registry = _registry()
+    if model_uri not in registry:
+        raise errors.InvalidParameter(
+            f'model "{model_uri}" is not registered',
+            detail="Registered models: " + ", ".join(sorted(registry)) + ".",
+        )
+    return registry[model_uri]
+
+
+def _forget_registry() -> None:
+    global _registry_statement
+    _registry_statement = None
+
+
+@pg.sql_function("azure_local_ai.model_register")
+def model_register(
+    model_uri: str | None, model_path: str | None, tokenizer_path: str | None,
+    timeout_ms: int | None,
+) -> int:  # fmt: skip
+    """Checks that the files load and embed, then records them; nothing is left on failure."""
+    if model_uri is None or not MODEL_URI.fullmatch(model_uri):
+        raise errors.InvalidParameter(
+            "model_uri must be a name such as my-model:v1 (letters, digits, . _ - /, one :)"
+        )
+    if model_uri in _registry():
+        raise errors.InvalidParameter(
+            f'model "{model_uri}" is already registered',
+            hint="Unregister it first with azure_local_ai.model_unregister.",
+        )
+    model_path = readable_file(model_path, "model_path")
+    tokenizer_path = readable_file(
+        tokenizer_path or _tokenizer_beside(model_path), "tokenizer_path"
+    )
+    max_tokens = 512
+    try:
+        model = Model(model_path, tokenizer_path, _threads(), max_tokens)
+        model.embed(["a test"], 1)
+    except errors.Error:
+        raise
+    except Exception as error:
+        raise errors.InvalidParameter(
+            f"the model or tokenizer does not load: {type(error).__name__}: {error}"[:500]
+        ) from None
+    metadata = {
+        "dimensions": model.dimensions,
+        "max_tokens": max_tokens,
+        "quantization": "as in the file",
+        "source": "registered",
+        "files": [file_facts(model_path), file_facts(tokenizer_path)],
+    }
+    rows = pg.execute(
+        "INSERT INTO azure_local_ai.models (model_uri, model_path, tokenizer_path, metadata)"
+        " VALUES ($1, $2, $3, $4::jsonb) RETURNING id",
+        ["text", "text", "text", "text"],
+        [model_uri, model_path, tokenizer_path, json.dumps(metadata)],
+    )
+    _forget_registry()
+    _loaded[model_uri] = model
+    return rows[0]["id"]
+
+
+def _tokenizer_beside(model_path: str) -> str:
+    directory = Path(model_path).parent
+    for name in ("sentencepiece.model", "sentencepiece.bpe.model"):
+        if (directory / name).is_file():
+            return str(directory / name)
+    raise errors.InvalidParameter(
+        f"no tokenizer_path given, and none beside {model_path} "
+        "(sentencepiece.model or sentencepiece.bpe.model)"
+    )
+
+
+@pg.sql_function("azure_local_ai.model_unregister")
+def model_unregister(model_uri: str | None) -> None:
+    row = _registered(model_uri)
+    if row["builtin"]:
+        raise errors.InvalidParameter(f'model "{model_uri}" is built in and stays registered')
+    pg.execute("DELETE FROM azure_local_ai.models WHERE model_uri = $1", ["text"], [model_uri])
+    _forget_registry()
+    _unload(model_uri)
+
+
+@pg.sql_function("azure_local_ai.model_loaded")
+def model_loaded(model_uri: str | None) -> bool:
+    _registered(model_uri)
+    return model_uri in _loaded
+
+
+@pg.sql_function("azure_local_ai.model_unload")
+def model_unload(model_uri: str | None) -> None:
+    _registered(model_uri)
+    _unload(model_uri)
+
+
+def _unload(model_uri: str | None) -> None:
+    if _loaded.pop(model_uri, None) is not None:
+        gc.collect()
+
+
+@pg.sql_function("azure_local_ai.model_metadata")
+def model_metadata(model_uri: str | None) -> str:
+    row = _registered(model_uri)
+    metadata = dict(row["metadata"])
+    facts = Path(row["model_path"]).parent / BUILD_FACTS
+    if row["builtin"] and facts.is_file():
+        metadata.update(json.loads(facts.read_text()))
+    metadata.update(
+        model_uri=model_uri,
+        model_path=row["model_path"],
+        tokenizer_path=row["tokenizer_path"],
+        builtin=row["builtin"],
+        loaded=model_uri in _loaded,
+    )
+    return json.dumps(metadata)
+
+
+# --- settings -------------------------------------------------------------------------------
+
+
+@pg.sql_function("azure_local_ai.get_setting")
+def get_setting(key: str | None) -> str | None:
+    return SETTINGS.get(key) or DEFAULTS[key]
+
+
+@pg.sql_function("azure_local_ai.get_setting")
+def get_settings(keys: list[str] | None) -> str:
+    """The settings asked for, all of them for none, as a JSON object; defaults included."""
+    wanted = keys or sorted(SETTINGS.checks)
+    return json.dumps({key: get_setting.__wrapped__(key) for key in wanted})
+
+
+@pg.sql_function("azure_local_ai.set_setting")
+def set_settings(keys: list[str | None] | None, values: list[str | None] | None) -> None:
+    """All or nothing: every pair is checked before any is stored."""
+    if keys is None or values is None or len(keys) != len(values):
+        raise errors.InvalidParameter("keys and values must be arrays of the same length")
+    for key, value in zip(keys, values):
+        SETTINGS.validate(key, value)
+    for key, value in zip(keys, values):
+        SETTINGS.set(key, value)
