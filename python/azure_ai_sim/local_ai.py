@@ -171,7 +171,11 @@ def model_register(
         "max_tokens": max_tokens,
         "quantization": "as in the file",
         "source": "registered",
-        "files": [file_facts(model_path), file_facts(tokenizer_path)],
+        "files": [
+            file_facts(path)
+            for path in (model_path, model_path + ".data", tokenizer_path)
+            if os.path.isfile(path)  # .data: the weights, when kept beside the graph
+        ],
     }
     rows = pg.execute(
         "INSERT INTO azure_local_ai.models (model_uri, model_path, tokenizer_path, metadata)"
