@@ -15,7 +15,7 @@ install: deps
 # same Python as the server.
 $(VENV)/.installed: pyproject.toml
 	/usr/bin/python3 -m venv $(VENV)
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev,sim]'
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev,sim,models]'
 	touch $@
 
 demo: install $(VENV)/.installed

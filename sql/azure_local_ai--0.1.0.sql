@@ -130,7 +130,8 @@ $$;
 
 -- Whether this session has the model in memory.
 CREATE FUNCTION azure_local_ai.model_loaded(model_uri text) RETURNS boolean
-    LANGUAGE azure_local_ai_plpython VOLATILE
+    LANGUAGE azure_local_ai_plpython VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
 AS $$
     #BOOT
     from azure_ai_sim import local_ai
@@ -139,7 +140,8 @@ $$;
 
 -- Frees this session's copy; the next use loads it again.
 CREATE FUNCTION azure_local_ai.model_unload(model_uri text) RETURNS void
-    LANGUAGE azure_local_ai_plpython VOLATILE
+    LANGUAGE azure_local_ai_plpython VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
 AS $$
     #BOOT
     from azure_ai_sim import local_ai

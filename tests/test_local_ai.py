@@ -30,7 +30,7 @@ def embed(conn, text, model=FP32):
 
 def embed_all(conn, texts, model=FP32, **arguments):
     extra = "".join(f", {name} => {value}" for name, value in arguments.items())
-    query = f"SELECT embedding FROM azure_local_ai.create_embeddings(%s, %s{extra})"
+    query = f"SELECT embedding FROM azure_local_ai.create_embeddings(%s, %s::text[]{extra})"
     return [row[0] for row in conn.execute(query, (model, texts))]
 
 
@@ -47,26 +47,28 @@ def test_generated_column_and_semantic_search_with_an_hnsw_index(conn):
     conn.execute("""
         CREATE TABLE documents (
             doc_id serial PRIMARY KEY,
+            lang text,
             doc_contents text,
             doc_vector vector(384) GENERATED ALWAYS AS (
                 azure_local_ai.create_embeddings('multilingual-e5-small:v1', doc_contents)::vector
             ) STORED
         )""")
     try:
-        passages = ["passage: " + passage for _, _, passage in PAIRS]
         conn.cursor().executemany(
-            "INSERT INTO documents (doc_contents) VALUES (%s)", [(p,) for p in passages]
+            "INSERT INTO documents (lang, doc_contents) VALUES (%s, %s)",
+            [(language, "passage: " + passage) for language, _, passage in PAIRS],
         )
         conn.execute("CREATE INDEX ON documents USING hnsw (doc_vector vector_cosine_ops)")
         conn.execute("SET enable_seqscan = off")
         search = (
-            "SELECT doc_contents FROM documents ORDER BY doc_vector <=> "
+            "SELECT doc_contents FROM documents WHERE lang = %s ORDER BY doc_vector <=> "
             "azure_local_ai.create_embeddings('multilingual-e5-small:v1', %s)::vector LIMIT 1"
         )
-        plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + search, ("query: x",)))
+        plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + search, ("en", "query: x")))
         assert "Index Scan using documents_doc_vector_idx" in plan
-        for _, query, passage in PAIRS:
-            assert conn.execute(search, ("query: " + query,)).fetchone()[0] == "passage: " + passage
+        for language, query, passage in PAIRS:
+            found = conn.execute(search, (language, "query: " + query)).fetchone()[0]
+            assert found == "passage: " + passage
     finally:
         conn.execute("RESET enable_seqscan")
         conn.execute("DROP TABLE documents")
@@ -179,20 +181,23 @@ def manager(conn, make_role):
     conn.execute("RESET ROLE")
 
 
-def builtin_files(conn):
-    row = conn.execute(
-        "SELECT model_path, tokenizer_path FROM azure_local_ai.models WHERE model_uri = %s",
-        (FP32,),
-    ).fetchone()
-    return row
+@pytest.fixture(scope="module")
+def builtin_files(database):
+    """The built-in model's files, read before tests take the manager's role."""
+    with psycopg.connect(database) as conn:
+        return conn.execute(
+            "SELECT model_path, tokenizer_path FROM azure_local_ai.models WHERE model_uri = %s",
+            (FP32,),
+        ).fetchone()
 
 
-def model_count(conn):
-    return conn.execute("SELECT count(*) FROM azure_local_ai.models").fetchone()[0]
+def model_count(database):
+    with psycopg.connect(database) as superuser:
+        return superuser.execute("SELECT count(*) FROM azure_local_ai.models").fetchone()[0]
 
 
-def test_register_load_unload_unregister(conn, manager):
-    model_path, tokenizer_path = builtin_files(conn)
+def test_register_load_unload_unregister(conn, manager, builtin_files):
+    model_path, tokenizer_path = builtin_files
     model_id = conn.execute(
         "SELECT azure_local_ai.model_register('mine:v1', %s, %s)", (model_path, tokenizer_path)
     ).fetchone()[0]
@@ -212,8 +217,8 @@ def test_register_load_unload_unregister(conn, manager):
         embed(conn, "hello", "mine:v1")
 
 
-def test_a_tokenizer_beside_the_model_is_found(conn, manager):
-    model_path, _ = builtin_files(conn)
+def test_a_tokenizer_beside_the_model_is_found(conn, manager, builtin_files):
+    model_path, _ = builtin_files
     conn.execute("SELECT azure_local_ai.model_register('beside:v1', %s)", (model_path,))
     conn.execute("SELECT azure_local_ai.model_unregister('beside:v1')")
 
@@ -222,25 +227,28 @@ def test_a_tokenizer_beside_the_model_is_found(conn, manager):
     ("model_path", "message"),
     [
         ("relative/model.onnx", "model_path must be an absolute path"),
-        ("/nonexistent/model.onnx", "does not exist or is not a file"),
+        ("/nonexistent/model.onnx", "does not exist"),
+        ("/etc", "is not a file"),
         ("/etc/hostname", "does not load"),
     ],
 )
-def test_a_failed_register_leaves_no_row(conn, manager, model_path, message):
-    _, tokenizer_path = builtin_files(conn)
-    before = model_count(conn)
+def test_a_failed_register_leaves_no_row(
+    conn, database, manager, builtin_files, model_path, message
+):
+    _, tokenizer_path = builtin_files
+    before = model_count(database)
     with pytest.raises(psycopg.errors.InvalidParameterValue, match=message):
         conn.execute(
             "SELECT azure_local_ai.model_register('bad:v1', %s, %s)",
             (model_path, tokenizer_path),
         )
-    assert model_count(conn) == before
+    assert model_count(database) == before
 
 
-def test_a_file_the_server_cannot_read(conn, manager, server, tmp_path):
+def test_a_file_the_server_cannot_read(conn, manager, builtin_files, server, tmp_path):
     if os.geteuid() != 0:
         pytest.skip("needs a file the postgres user cannot read")
-    model_path, tokenizer_path = builtin_files(conn)
+    model_path, tokenizer_path = builtin_files
     private = tmp_path / "private.onnx"
     shutil.copy(model_path, private)
     private.chmod(0o600)
@@ -251,8 +259,8 @@ def test_a_file_the_server_cannot_read(conn, manager, server, tmp_path):
         )
 
 
-def test_register_refuses_duplicates_and_builtins_stay(conn, manager):
-    model_path, tokenizer_path = builtin_files(conn)
+def test_register_refuses_duplicates_and_builtins_stay(conn, manager, builtin_files):
+    model_path, tokenizer_path = builtin_files
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="already registered"):
         conn.execute(
             "SELECT azure_local_ai.model_register(%s, %s, %s)", (FP32, model_path, tokenizer_path)

@@ -14,9 +14,9 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from azure_ai_sim import errors, pg
@@ -156,13 +156,19 @@ def readable_file(path: str | None, what: str) -> str:
     """Checks a path the server will read, with an error that says what is wrong."""
     if not path:
         raise errors.InvalidParameter(f"{what} must not be empty")
-    file = Path(path)
-    if not file.is_absolute():
+    if not os.path.isabs(path):
         raise errors.InvalidParameter(f"{what} must be an absolute path, not {path}")
-    if not file.is_file():
-        raise errors.InvalidParameter(f"{what} {path} does not exist or is not a file")
-    if not os.access(file, os.R_OK):
-        raise errors.InvalidParameter(
-            f"{what} {path} is not readable by the server's operating-system user"
-        )
+    unreadable = errors.InvalidParameter(
+        f"{what} {path} is not readable by the server's operating-system user"
+    )
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise errors.InvalidParameter(f"{what} {path} does not exist") from None
+    except PermissionError:
+        raise unreadable from None
+    if not stat.S_ISREG(info.st_mode):
+        raise errors.InvalidParameter(f"{what} {path} is not a file")
+    if not os.access(path, os.R_OK):
+        raise unreadable
     return path

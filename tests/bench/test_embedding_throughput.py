@@ -85,7 +85,9 @@ def test_embedding_throughput(bench_conn):
     pid = bench_conn.info.backend_pid
     result: dict = {"benchmark": "embedding_throughput", "texts": TEXTS, "run_batch": RUN_BATCH}
     memory = {"before_load": memory_mb(pid)}
-    statement = "SELECT count(*) FROM azure_local_ai.create_embeddings(%s, %s, batch_size => %s)"
+    statement = (
+        "SELECT count(*) FROM azure_local_ai.create_embeddings(%s, %s::text[], batch_size => %s)"
+    )
     for variant, model in MODELS.items():
         bench_conn.execute(statement, (model, texts[:16], RUN_BATCH))  # load, warm up
         memory[f"after_loading_{variant}"] = memory_mb(pid)
