@@ -32,6 +32,29 @@ SELECT azure_ml.invoke('{"input_data": [[1,2,3]]}', throw_on_error => false) IS 
 
 -- Azure: local embeddings; CASCADE pulls in pgvector.
 CREATE EXTENSION IF NOT EXISTS azure_local_ai CASCADE;
+SELECT array_length(azure_local_ai.create_embeddings('multilingual-e5-small:v1', 'query: hello'), 1) AS dimensions;
+
+-- Documents embedded as they are stored, in any language, and searched by meaning.
+CREATE TEMP TABLE documents (
+    doc_id serial PRIMARY KEY,
+    doc_contents text,
+    doc_vector vector(384) GENERATED ALWAYS AS (azure_local_ai.create_embeddings('multilingual-e5-small:v1', doc_contents)::vector) STORED
+);
+INSERT INTO documents (doc_contents) VALUES
+    ('passage: The cat sleeps on the warm windowsill all afternoon.'),
+    ('passage: Der Zug nach Berlin fährt um acht Uhr vom Hauptbahnhof ab.'),
+    ('passage: La receta lleva harina, huevos, leche y una pizca de sal.'),
+    ('passage: 东京是日本的首都，也是世界上最大的城市之一。'),
+    ('passage: Инвестиции в акции всегда связаны с риском.');
+CREATE INDEX ON documents USING hnsw (doc_vector vector_cosine_ops);
+SELECT doc_contents,
+       round((1 - (doc_vector <=> azure_local_ai.create_embeddings('multilingual-e5-small:v1', 'query: when does the train leave?')::vector))::numeric, 3) AS similarity
+FROM documents ORDER BY similarity DESC LIMIT 3;
+SELECT d.doc_contents
+FROM documents d
+ORDER BY d.doc_vector <=> azure_local_ai.create_embeddings('multilingual-e5-small:v1', 'query: ingredients for pancakes')::vector
+LIMIT 1;
+SELECT azure_local_ai.model_metadata('multilingual-e5-small:v1-int8') ->> 'source' AS built_from;
 
 -- Aurora: machine learning; CASCADE pulls in aws_commons, as in the AWS docs.
 CREATE EXTENSION IF NOT EXISTS aws_ml CASCADE;

@@ -15,6 +15,9 @@ def test_demo_runs_and_prints_results(server, database, azureml):
     assert re.search(r"^ Berkeley hills \| +\d+\.\d\d$", output, re.MULTILINE)
     assert "WARNING:  azure_ml.invoke: HTTP 424" in output
     assert " managed-identity" in output
+    assert re.search(r"^ +384$", output, re.MULTILINE)  # the embedding's dimensions
+    assert re.search(r"^ passage: Der Zug nach Berlin[^|]+\| +0\.\d+$", output, re.MULTILINE)
+    assert "passage: La receta lleva harina" in output.split("ingredients for pancakes")[1]
     assert 'NOTICE:  installing required extension "vector"' in output
     assert 'NOTICE:  installing required extension "aws_commons"' in output
     assert re.search(r"^ aws_ml +\| 2\.0$", output, re.MULTILINE)

@@ -91,10 +91,12 @@ def test_all_four_together_and_their_settings_tables_are_dumped(conn):
     try:
         dumped = conn.execute(
             "SELECT e.extname, c.oid::regclass::text FROM pg_extension e,"
-            " unnest(e.extconfig) AS c(oid) ORDER BY 1"
+            " unnest(e.extconfig) AS c(oid) ORDER BY 1, 2"
         ).fetchall()
         assert dumped == [
             ("azure_ai", "azure_ai.settings"),
+            ("azure_local_ai", "azure_local_ai.models"),
+            ("azure_local_ai", "azure_local_ai.models_id_seq"),
             ("azure_local_ai", "azure_local_ai.settings"),
         ]
     finally:

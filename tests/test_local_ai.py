@@ -351,3 +351,33 @@ def test_thread_settings_apply_at_the_next_load(conn, manager):
     finally:
         conn.execute("SELECT azure_local_ai.set_setting('intra_op_parallelism', NULL)")
         conn.execute("DROP FUNCTION backend_threads")
+
+
+def test_dump_and_restore_keep_registered_models_and_settings(
+    conn, server, database, builtin_files
+):
+    model_path, tokenizer_path = builtin_files
+    conn.execute(
+        "SELECT azure_local_ai.model_register('dumped:v1', %s, %s)", (model_path, tokenizer_path)
+    )
+    conn.execute("SELECT azure_local_ai.set_setting('spin_control', 'false')")
+    try:
+        dump = server.run("pg_dump", "--format=custom", f"--dbname={database}", text=False)
+        assert dump.returncode == 0, dump.stderr
+        with server.database("restored") as restored_dsn:
+            restore = server.run(
+                "pg_restore", "--exit-on-error", f"--dbname={restored_dsn}",
+                input=dump.stdout, text=False,
+            )  # fmt: skip
+            assert restore.returncode == 0, restore.stderr
+            with psycopg.connect(restored_dsn, autocommit=True) as restored:
+                models = restored.execute(
+                    "SELECT model_uri, builtin FROM azure_local_ai.models ORDER BY 1"
+                ).fetchall()
+                assert models == [("dumped:v1", False), (FP32, True), (INT8, True)]
+                assert embed(restored, "restored", "dumped:v1") is not None
+                setting = "SELECT azure_local_ai.get_setting('spin_control')"
+                assert restored.execute(setting).fetchone() == ("false",)
+    finally:
+        conn.execute("SELECT azure_local_ai.model_unregister('dumped:v1')")
+        conn.execute("SELECT azure_local_ai.set_setting('spin_control', NULL)")
