@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import os
@@ -58,11 +59,26 @@ def create_embeddings(
     seconds_left = _deadline(timeout_ms)
     model = _model(model_uri)
     present = [i for i, text in enumerate(texts) if text is not None]
-    vectors = model.embed([texts[i] for i in present], batch_size, seconds_left)
+    try:
+        vectors = model.embed([texts[i] for i in present], batch_size, seconds_left)
+    finally:
+        _release_freed_memory()
     embeddings: list[Any] = [None] * len(texts)
     for i, vector in zip(present, vectors):
         embeddings[i] = vector
     return embeddings
+
+
+def _release_freed_memory() -> None:
+    """ONNX Runtime frees its activations after each run, but the C library keeps the pages
+    for reuse; after a batch call, hand them back, or every backend keeps its peak."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+    _malloc_trim(0)
+
+
+_malloc_trim: Any = None
 
 
 def _deadline(timeout_ms: int | None) -> Any:
