@@ -55,6 +55,9 @@ if ! cmp -s "$built/build.json" "$installed/build.json"; then
 fi
 chmod a+rx "$modeldir" "$(dirname "$modeldir")" "$(dirname "$installed")"
 
+make -C extension -s PG_CONFIG="$pg_config"
+make -C extension -s PG_CONFIG="$pg_config" install
+
 extdir=$("$pg_config" --sharedir)/extension
 install -m 644 control/*.control "$extdir/"
 PYTHONPATH="$libdir/$version" "$python" -s -m azure_ai_sim.boot \

@@ -49,11 +49,14 @@ VALUES
 -- Embeddings. IMMUTABLE, as on Azure, so that a generated column can use it:
 --   doc_vector vector(384) GENERATED ALWAYS AS
 --       (azure_local_ai.create_embeddings('multilingual-e5-small:v1', doc_contents)::vector) STORED
-CREATE FUNCTION azure_local_ai.create_embeddings(
-    model_uri text,
-    input text,
-    timeout_ms integer DEFAULT 3600000
-) RETURNS real[]
+-- Python hands each embedding over as the bytes of its float32 values, and a C function
+-- makes the real[]: PL/Python would format and parse every value as text.
+CREATE FUNCTION azure_local_ai.float4_array(bytea) RETURNS real[]
+    LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
+    AS '$libdir/azure_ai_sim', 'azure_ai_sim_float4_array';
+
+CREATE FUNCTION azure_local_ai._embedding(model_uri text, input text, timeout_ms integer)
+    RETURNS bytea
     LANGUAGE azure_local_ai_plpython IMMUTABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -62,6 +65,25 @@ AS $$
     return local_ai.create_embedding(model_uri, input, timeout_ms)
 $$;
 
+CREATE FUNCTION azure_local_ai._embeddings(
+    model_uri text, inputs text[], batch_size bigint, timeout_ms integer
+) RETURNS SETOF bytea
+    LANGUAGE azure_local_ai_plpython IMMUTABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    #BOOT
+    from azure_ai_sim import local_ai
+    return local_ai.create_embeddings(model_uri, inputs, batch_size, timeout_ms)
+$$;
+
+CREATE FUNCTION azure_local_ai.create_embeddings(
+    model_uri text,
+    input text,
+    timeout_ms integer DEFAULT 3600000
+) RETURNS real[]
+    LANGUAGE sql IMMUTABLE
+    RETURN azure_local_ai.float4_array(azure_local_ai._embedding(model_uri, input, timeout_ms));
+
 -- One row per input, in input order.
 CREATE FUNCTION azure_local_ai.create_embeddings(
     model_uri text,
@@ -69,12 +91,10 @@ CREATE FUNCTION azure_local_ai.create_embeddings(
     batch_size bigint DEFAULT 128,
     timeout_ms integer DEFAULT 3600000
 ) RETURNS TABLE (embedding real[])
-    LANGUAGE azure_local_ai_plpython IMMUTABLE SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
+    LANGUAGE sql IMMUTABLE
 AS $$
-    #BOOT
-    from azure_ai_sim import local_ai
-    return local_ai.create_embeddings(model_uri, inputs, batch_size, timeout_ms)
+    SELECT azure_local_ai.float4_array(e)
+    FROM azure_local_ai._embeddings(model_uri, inputs, batch_size, timeout_ms) AS e
 $$;
 
 -- With an id per input (any type), kept with its embedding.

@@ -105,13 +105,12 @@ class Model:
         self.token_types = "token_type_ids" in inputs
         self.dimensions = self.session.get_outputs()[outputs.index(self.output)].shape[-1]
 
-    def embed(
-        self, texts: Sequence[str], batch_size: int, seconds_left: Any = None
-    ) -> list[list[float]]:
-        """Embeddings in input order; `seconds_left()` <= 0 between batches ends the call."""
+    def embed(self, texts: Sequence[str], batch_size: int, seconds_left: Any = None) -> list[Any]:
+        """float32 embeddings (numpy rows) in input order; `seconds_left()` <= 0 between
+        batches ends the call."""
         ids = self.tokenizer.encode(texts, self.max_tokens)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        embeddings: list[list[float]] = [[] for _ in ids]
+        embeddings: list[Any] = [None] * len(ids)
         batch_size = min(batch_size, MAX_RUN_BATCH)
         for start in range(0, len(order), batch_size):
             pg.check_for_interrupts()
@@ -121,7 +120,7 @@ class Model:
                 )
             batch = order[start : start + batch_size]
             for i, vector in zip(batch, self._run([ids[i] for i in batch])):
-                embeddings[i] = vector.tolist()
+                embeddings[i] = vector
         return embeddings
 
     def _run(self, batch: list[list[int]]) -> Any:
@@ -136,11 +135,11 @@ class Model:
         if self.token_types:
             feed["token_type_ids"] = np.zeros_like(input_ids)
         (output,) = self.session.run([self.output], feed)
-        if self.pooled:
-            return output
-        summed = (output * mask[:, :, None]).sum(axis=1)  # mean over the real tokens
-        pooled = summed / mask.sum(axis=1, keepdims=True)
-        return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+        if not self.pooled:
+            summed = (output * mask[:, :, None]).sum(axis=1)  # mean over the real tokens
+            pooled = summed / mask.sum(axis=1, keepdims=True)
+            output = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+        return output.astype(np.float32, copy=False)
 
 
 def file_facts(path: str) -> dict[str, Any]:

@@ -43,7 +43,7 @@ def create_embedding(model_uri: str | None, text: str | None, timeout_ms: int | 
     if text is None:
         return None
     seconds_left = _deadline(timeout_ms)
-    return _model(model_uri).embed([text], 1, seconds_left)[0]
+    return _model(model_uri).embed([text], 1, seconds_left)[0].tobytes()
 
 
 @pg.sql_function("azure_local_ai.create_embeddings")
@@ -51,7 +51,7 @@ def create_embeddings(
     model_uri: str | None, texts: list[str | None] | None, batch_size: int | None,
     timeout_ms: int | None,
 ) -> list[Any]:  # fmt: skip
-    """One embedding per input, in input order; NULL for a NULL input."""
+    """One embedding per input, in input order, as float32 bytes; NULL for a NULL input."""
     if not texts:
         return []
     if batch_size is None or batch_size < 1:
@@ -65,7 +65,7 @@ def create_embeddings(
         _release_freed_memory()
     embeddings: list[Any] = [None] * len(texts)
     for i, vector in zip(present, vectors):
-        embeddings[i] = vector
+        embeddings[i] = vector.tobytes()
     return embeddings
 
 
