@@ -381,3 +381,23 @@ def test_dump_and_restore_keep_registered_models_and_settings(
     finally:
         conn.execute("SELECT azure_local_ai.model_unregister('dumped:v1')")
         conn.execute("SELECT azure_local_ai.set_setting('spin_control', NULL)")
+
+
+DOC_EXAMPLES = [
+    "SELECT azure_local_ai.create_embeddings('multilingual-e5-small:v1', "
+    "'Vector embeddings power GenAI applications')",
+    "SELECT azure_local_ai.create_embeddings('multilingual-e5-small:v1', "
+    "array['Recommendation System with Azure Database for PostgreSQL - Flexible Server.', "
+    "'Generative AI with Azure Database for PostgreSQL - Flexible Server.'])",
+    "SELECT * FROM azure_local_ai.create_embeddings('multilingual-e5-small:v1', "
+    "array['Recommendation System with Azure Database for PostgreSQL - Flexible Server.', "
+    "'Generative AI with Azure Database for PostgreSQL - Flexible Server.'], array[1, 2])",
+    "SELECT azure_local_ai.get_setting('intra_op_parallelism')",
+    "SELECT azure_local_ai.model_metadata('multilingual-e5-small:v1')",
+]
+
+
+@pytest.mark.parametrize("statement", DOC_EXAMPLES)
+def test_documented_examples_run_verbatim(conn, statement):
+    rows = conn.execute(statement).fetchall()
+    assert rows and all(value is not None for row in rows for value in row)
