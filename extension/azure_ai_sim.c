@@ -6,6 +6,8 @@
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
 
 PG_MODULE_MAGIC;
 
@@ -41,4 +43,122 @@ azure_ai_sim_float4_array(PG_FUNCTION_ARGS)
 	ARR_LBOUND(result)[0] = 1;
 	memcpy(ARR_DATA_PTR(result), VARDATA_ANY(bytes), size);
 	PG_RETURN_ARRAYTYPE_P(result);
+}
+
+/*
+ * aws_sagemaker.invoke_endpoint(endpoint_name, max_rows_per_batch, VARIADIC model_input "any")
+ *
+ * Only C can take VARIADIC "any". This turns every argument into its text form (the
+ * type's own output function; one-dimensional arrays flattened in order; NULL stays NULL)
+ * and hands a text[] to aws_sagemaker._invoke_endpoint(text, integer, text[]), the
+ * PL/Python core that does everything else. No SPI: it also runs in parallel workers.
+ */
+PG_FUNCTION_INFO_V1(azure_ai_sim_invoke_endpoint);
+
+typedef struct FieldList
+{
+	Datum	   *values;
+	bool	   *nulls;
+	int			count;
+	int			allocated;
+} FieldList;
+
+static void
+add_field(FieldList *fields, Datum value, bool isnull, Oid type)
+{
+	if (fields->count == fields->allocated)
+	{
+		fields->allocated *= 2;
+		fields->values = repalloc(fields->values, fields->allocated * sizeof(Datum));
+		fields->nulls = repalloc(fields->nulls, fields->allocated * sizeof(bool));
+	}
+	fields->nulls[fields->count] = isnull;
+	if (!isnull)
+	{
+		Oid			output;
+		bool		varlena;
+
+		getTypeOutputInfo(type, &output, &varlena);
+		fields->values[fields->count] =
+			CStringGetTextDatum(OidOutputFunctionCall(output, value));
+	}
+	fields->count++;
+}
+
+static void
+add_argument(FieldList *fields, Datum value, bool isnull, Oid type)
+{
+	Oid			element = get_element_type(type);
+	ArrayType  *array;
+	Datum	   *elements;
+	bool	   *nulls;
+	int			count;
+	int16		length;
+	bool		byval;
+	char		align;
+
+	if (isnull || !OidIsValid(element))
+	{
+		add_field(fields, value, isnull, type);
+		return;
+	}
+	array = DatumGetArrayTypeP(value);
+	if (ARR_NDIM(array) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("aws_sagemaker.invoke_endpoint: model_input arrays must have one dimension, not %d",
+						ARR_NDIM(array))));
+	get_typlenbyvalalign(element, &length, &byval, &align);
+	deconstruct_array(array, element, length, byval, align, &elements, &nulls, &count);
+	for (int i = 0; i < count; i++)
+		add_field(fields, elements[i], nulls[i], element);
+}
+
+Datum
+azure_ai_sim_invoke_endpoint(PG_FUNCTION_ARGS)
+{
+	Oid		   *core = (Oid *) fcinfo->flinfo->fn_extra;
+	FieldList	fields;
+	LOCAL_FCINFO(call, 3);
+	FmgrInfo	flinfo;
+	Datum		result;
+	int			dims[1];
+	int			lbs[1] = {1};
+
+	if (core == NULL)
+	{
+		core = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, sizeof(Oid));
+		*core = DatumGetObjectId(DirectFunctionCall1(
+			to_regprocedure,
+			CStringGetTextDatum("aws_sagemaker._invoke_endpoint(text, integer, text[])")));
+		if (!OidIsValid(*core))
+			elog(ERROR, "aws_sagemaker._invoke_endpoint(text, integer, text[]) is missing");
+		fcinfo->flinfo->fn_extra = core;
+	}
+
+	fields.allocated = Max(PG_NARGS(), 8);
+	fields.values = palloc(fields.allocated * sizeof(Datum));
+	fields.nulls = palloc(fields.allocated * sizeof(bool));
+	fields.count = 0;
+	for (int i = 2; i < PG_NARGS(); i++)
+		add_argument(&fields, PG_GETARG_DATUM(i), PG_ARGISNULL(i),
+					 get_fn_expr_argtype(fcinfo->flinfo, i));
+
+	dims[0] = fields.count;
+	fmgr_info(*core, &flinfo);
+	InitFunctionCallInfoData(*call, &flinfo, 3, PG_GET_COLLATION(), NULL, NULL);
+	call->args[0].value = PG_GETARG_DATUM(0);
+	call->args[0].isnull = PG_ARGISNULL(0);
+	call->args[1].value = PG_GETARG_DATUM(1);
+	call->args[1].isnull = PG_ARGISNULL(1);
+	call->args[2].value = PointerGetDatum(fields.count == 0
+										  ? construct_empty_array(TEXTOID)
+										  : construct_md_array(fields.values, fields.nulls, 1,
+															   dims, lbs, TEXTOID, -1,
+															   false, TYPALIGN_INT));
+	call->args[2].isnull = false;
+	result = FunctionCallInvoke(call);
+	if (call->isnull)
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(result);
 }

@@ -60,6 +60,9 @@ make -C extension -s PG_CONFIG="$pg_config" install
 
 extdir=$("$pg_config" --sharedir)/extension
 install -m 644 control/*.control "$extdir/"
+for control in control/*.control; do  # scripts of versions this tree no longer has go too
+    rm -f "$extdir/$(basename "$control" .control)"--*.sql
+done
 PYTHONPATH="$libdir/$version" "$python" -s -m azure_ai_sim.boot \
     --libdir "$libdir" --modeldir "$modeldir" --out "$extdir" sql/*.sql
 echo "installed azure_ai_sim $version into $libdir/$version, its models into $modeldir,"

@@ -29,6 +29,8 @@ from urllib.parse import urlsplit
 from azure_ai_sim import errors, pg, wire
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# AWS signals throttling with 400 and one of these codes.
+RETRY_CODES = frozenset({"ThrottlingException", "Throttling", "TooManyRequestsException"})
 SERVICE_MESSAGE_CHARS = 500
 REQUEST_ID_HEADERS = ("x-ms-request-id", "x-request-id", "x-amzn-requestid")
 
@@ -101,9 +103,10 @@ def send(request: Request, deadline: Deadline, policy: RetryPolicy) -> Response:
             response.attempts = attempt
             if 200 <= response.status < 300:
                 return response
-            failure = _status_error(request, response)
+            code = service_code(response)
+            failure = _status_error(request, response, code)
             retry_after = _retry_after_seconds(response.headers.get("retry-after"))
-            if response.status not in RETRY_STATUSES:
+            if response.status not in RETRY_STATUSES and code not in RETRY_CODES:
                 raise _with_attempts(failure, attempt, request)
         if attempt >= policy.max_attempts or deadline.left() <= 0:
             raise _with_attempts(failure, attempt, request)
@@ -159,14 +162,31 @@ def _retry_after_seconds(value: str | None) -> float | None:
         return None
 
 
-def _status_error(request: Request, response: Response) -> errors.CallFailed:
+def service_code(response: Response) -> str | None:
+    """The service's own name for the error: AWS's error type, or an "error.code"."""
+    header = response.headers.get("x-amzn-errortype")
+    if header:
+        return header.split(":")[0]
+    try:
+        document = json.loads(response.body)
+    except ValueError:
+        return None
+    if not isinstance(document, dict):
+        return None
+    error = document.get("error")
+    code = document.get("__type") or (error.get("code") if isinstance(error, dict) else None)
+    return code.rsplit("#", 1)[-1] if isinstance(code, str) else None
+
+
+def _status_error(request: Request, response: Response, code: str | None) -> errors.CallFailed:
     message = f"HTTP {response.status} from {_show(request.url)}"
     reason = service_message(response.body)
+    if code:
+        message += f": {code}"
     if reason:
         message += f": {reason}"
-    return errors.CallFailed(
-        message, sqlstate=errors.http_sqlstate(response.status), request_id=response.request_id
-    )
+    sqlstate = "53400" if code in RETRY_CODES else errors.http_sqlstate(response.status)
+    return errors.CallFailed(message, sqlstate=sqlstate, request_id=response.request_id)
 
 
 def _with_attempts(

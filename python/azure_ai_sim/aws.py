@@ -1,0 +1,129 @@
+"""Calls to AWS services: configuration, credentials and SigV4 signing from botocore, the
+HTTP itself through transport.py (so deadlines, retries and cancellation are the same as
+for Azure ML).
+
+Configuration comes from botocore's standard chain (AWS_REGION, AWS_ENDPOINT_URL and
+AWS_ENDPOINT_URL_<SERVICE>, shared config and credentials files, instance and container
+roles); settings in aws_ml.settings override it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from azure_ai_sim import errors, transport
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str  # as in aws_ml settings: sagemaker, comprehend, bedrock
+    signing_name: str
+    host: str  # with {region}
+    environment: str  # the service-specific endpoint variable of the AWS SDKs
+
+
+SAGEMAKER = Service(
+    "sagemaker", "sagemaker", "runtime.sagemaker.{region}.amazonaws.com",
+    "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME",
+)  # fmt: skip
+COMPREHEND = Service(
+    "comprehend", "comprehend", "comprehend.{region}.amazonaws.com", "AWS_ENDPOINT_URL_COMPREHEND"
+)
+BEDROCK = Service(
+    "bedrock", "bedrock", "bedrock-runtime.{region}.amazonaws.com",
+    "AWS_ENDPOINT_URL_BEDROCK_RUNTIME",
+)  # fmt: skip
+
+DEFAULT_TIMEOUT_SECONDS = 60.0
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+
+_session: Any = None
+
+
+def call(
+    service: Service,
+    settings: dict[str, str],
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+) -> transport.Response:
+    """A signed POST to the service; AWS's error code leads the message of a failure."""
+    deadline = transport.Deadline(_seconds_allowed())
+    region = _region(settings)
+    url = _endpoint_url(service, settings, region) + path
+    credentials = _credentials(settings, deadline)
+    signed = _sign(service, region, credentials, url, body, headers)
+    request = transport.Request(
+        "POST", url, signed, body, MAX_RESPONSE_BYTES,
+        secrets=tuple(filter(None, (credentials.secret_key, credentials.token))),
+    )  # fmt: skip
+    return transport.send(request, deadline, transport.RetryPolicy(max_attempts=3))
+
+
+def _seconds_allowed() -> float:
+    from azure_ai_sim import pg
+
+    left = pg.statement_seconds_left()
+    return min(DEFAULT_TIMEOUT_SECONDS, left + 0.5) if left is not None else DEFAULT_TIMEOUT_SECONDS
+
+
+def _botocore() -> Any:
+    global _session
+    if _session is None:
+        import botocore.session
+
+        _session = botocore.session.get_session()
+    return _session
+
+
+def _region(settings: dict[str, str]) -> str:
+    region = settings.get("region") or _botocore().get_config_variable("region")
+    if not region:
+        raise errors.SettingMissing(
+            "no AWS region: set AWS_REGION for the server, or the aws_ml setting region",
+            hint="SELECT aws_ml.set_setting('region', 'us-east-1');",
+        )
+    return region
+
+
+def _endpoint_url(service: Service, settings: dict[str, str], region: str) -> str:
+    configured = (
+        settings.get(f"{service.name}.endpoint_url")
+        or os.environ.get(service.environment)
+        or os.environ.get("AWS_ENDPOINT_URL")
+    )
+    return (configured or "https://" + service.host.format(region=region)).rstrip("/")
+
+
+def _credentials(settings: dict[str, str], deadline: transport.Deadline) -> Any:
+    """Settings if the user stored keys, else the standard chain (which may ask the
+    instance metadata service, so it runs where a cancel can abandon it)."""
+    from botocore.credentials import ReadOnlyCredentials
+
+    if settings.get("aws_access_key_id"):
+        return ReadOnlyCredentials(
+            settings["aws_access_key_id"],
+            settings.get("aws_secret_access_key", ""),
+            settings.get("aws_session_token"),
+        )
+    found = transport.run_blocking("aws-credentials", _botocore().get_credentials, deadline)
+    if found is None:
+        raise errors.SettingMissing(
+            "no AWS credentials: the server's environment has none, and no aws_ml setting "
+            "aws_access_key_id is set"
+        )
+    return transport.run_blocking("aws-frozen-credentials", found.get_frozen_credentials, deadline)
+
+
+def _sign(
+    service: Service, region: str, credentials: Any, url: str, body: bytes,
+    headers: dict[str, str],
+) -> dict[str, str]:  # fmt: skip
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
+    request = AWSRequest(method="POST", url=url, data=body, headers=headers)
+    SigV4Auth(credentials, service.signing_name, region).add_auth(request)
+    return dict(request.headers.items())
