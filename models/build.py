@@ -30,9 +30,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 import e5onnx
 import hub
-import onnx
 from e5bin import E5Bin
 from hub import HubError, sha256_of
 from onnxfiles import quantize_int8, save_external

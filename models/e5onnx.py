@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 import onnx
-from e5bin import Q4_BLOCK, QK, E5Bin, dequantise
 from onnx import TensorProto, helper, numpy_helper
+
+from e5bin import Q4_BLOCK, QK, E5Bin, dequantise
 
 OPSET = 17  # LayerNormalization
 HIDDEN = "last_hidden_state"

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
+
 from azure_ai_sim.sim import AzureMLSimulator
 from cluster import Server, server_from_environment
 

@@ -6,6 +6,7 @@ IDENTITY_HEADER), which the Azure ML simulator speaks, so this needs a server of
 
 import psycopg
 import pytest
+
 from azure_ai_sim.sim.models import HOUSING
 from cluster import Cluster
 

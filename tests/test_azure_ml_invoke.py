@@ -11,6 +11,7 @@ import uuid
 
 import psycopg
 import pytest
+
 from azure_ai_sim.sim import Fault
 from azure_ai_sim.sim.models import DIABETES, HOUSING
 from conftest import assert_interrupted, notices, run_in_thread

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
 from azure_ai_sim.sim import AzureMLSimulator
 from azure_ai_sim.sim.models import HOUSING
 from cluster import Cluster

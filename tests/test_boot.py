@@ -5,6 +5,7 @@ import shutil
 
 import psycopg
 import pytest
+
 from azure_ai_sim import __version__, boot
 from cluster import Cluster
 

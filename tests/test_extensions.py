@@ -2,6 +2,7 @@
 
 import psycopg
 import pytest
+
 from conftest import notices
 
 
@@ -91,9 +92,10 @@ def test_all_four_together_and_their_settings_tables_are_dumped(conn):
     try:
         dumped = conn.execute(
             "SELECT e.extname, c.oid::regclass::text FROM pg_extension e,"
-            " unnest(e.extconfig) AS c(oid) ORDER BY 1, 2"
+            " unnest(e.extconfig) AS c(oid) ORDER BY 2"
         ).fetchall()
         assert dumped == [
+            ("aws_ml", "aws_ml.settings"),
             ("azure_ai", "azure_ai.settings"),
             ("azure_local_ai", "azure_local_ai.models"),
             ("azure_local_ai", "azure_local_ai.models_id_seq"),
@@ -104,3 +106,59 @@ def test_all_four_together_and_their_settings_tables_are_dumped(conn):
     assert not {"azure_ai", "azure_local_ai", "aws_ml", "aws_commons", "vector"} & set(
         extensions(conn)
     )
+
+
+def test_aws_ml_1_0_updates_to_2_0(conn):
+    conn.execute("CREATE EXTENSION aws_ml VERSION '1.0' CASCADE")
+    try:
+        assert "aws_bedrock" not in schemas(conn)
+        conn.execute("ALTER EXTENSION aws_ml UPDATE TO '2.0'")
+        assert extensions(conn)["aws_ml"] == "2.0"
+        assert "aws_bedrock" in schemas(conn)
+        functions = conn.execute(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid"
+            " JOIN pg_extension e ON e.oid = d.refobjid WHERE e.extname = 'aws_ml'"
+            " AND p.pronamespace::regnamespace::text <> 'aws_ml' ORDER BY 1"
+        ).fetchall()
+        assert [f[0] for f in functions] == [
+            "aws_bedrock.invoke_model(character varying,text,text,text)",
+            "aws_bedrock.invoke_model_get_embeddings(character varying,text,text,text)",
+            "aws_comprehend.detect_sentiment(character varying,character varying,integer)",
+            "aws_sagemaker._invoke_endpoint(text,integer,text[])",
+            'aws_sagemaker.invoke_endpoint(character varying,integer,"any")',
+        ]
+    finally:
+        conn.execute("DROP EXTENSION aws_ml, aws_commons")
+
+
+def test_aws_ml_functions_are_not_for_public(conn, make_role):
+    conn.execute("CREATE EXTENSION aws_ml CASCADE")
+    try:
+        outsider, member = make_role(), make_role("aws_ml")
+        for function in (
+            "aws_comprehend.detect_sentiment(varchar, varchar, int)",
+            "aws_bedrock.invoke_model(varchar, text, text, text)",
+            'aws_sagemaker.invoke_endpoint(varchar, int, "any")',
+            "aws_ml.get_setting(text)",
+        ):
+            query = "SELECT has_function_privilege(%s, %s, 'EXECUTE')"
+            assert conn.execute(query, (outsider, function)).fetchone() == (False,)
+            assert conn.execute(query, (member, function)).fetchone() == (True,)
+    finally:
+        conn.execute("DROP EXTENSION aws_ml, aws_commons")
+
+
+def test_aws_commons_helpers(conn):
+    conn.execute("CREATE EXTENSION aws_commons")
+    try:
+        uri = conn.execute(
+            "SELECT (aws_commons.create_s3_uri('sample_s3_bucket', 'sample.csv', 'us-east-1')).*"
+        ).fetchone()
+        assert uri == ("sample_s3_bucket", "sample.csv", "us-east-1")
+        credentials = conn.execute(
+            "SELECT aws_commons.create_aws_credentials("
+            "'sample_access_key', 'sample_secret_key', '')::text"
+        ).fetchone()
+        assert credentials == ('(sample_access_key,sample_secret_key,"")',)
+    finally:
+        conn.execute("DROP EXTENSION aws_commons")

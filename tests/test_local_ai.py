@@ -11,6 +11,7 @@ import time
 
 import psycopg
 import pytest
+
 from conftest import assert_interrupted, run_in_thread
 from multilingual import PAIRS
 

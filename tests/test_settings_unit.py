@@ -1,6 +1,7 @@
 """The settings checks on their own, without a database."""
 
 import pytest
+
 from azure_ai_sim import errors
 from azure_ai_sim.azure_ai import SETTINGS
 from azure_ai_sim.settings import http_url, one_of, pattern, secret

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+
 from azure_ai_sim.sim import AzureMLSimulator, Fault
 from azure_ai_sim.sim.models import HOUSING_COEFFICIENTS, HOUSING_INTERCEPT
 

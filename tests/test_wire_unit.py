@@ -7,6 +7,7 @@ database (waits look for PostgreSQL's interrupts).
 import socket
 
 import pytest
+
 from azure_ai_sim import errors, wire
 
 REQUEST = wire.encode_request("POST", "h:8080", "/score", {"X-A": "1"}, b"{}")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
 from multilingual import PAIRS
 
 TEXTS = 2_000
