@@ -6,6 +6,16 @@ server.py for the fault-injection and request-recording control API they share.
 """
 
 from azure_ai_sim.sim.azureml import AzureMLSimulator
+from azure_ai_sim.sim.bedrock import BedrockSimulator
+from azure_ai_sim.sim.comprehend import ComprehendSimulator
+from azure_ai_sim.sim.sagemaker import SageMakerSimulator
 from azure_ai_sim.sim.server import Fault, Simulator
 
-__all__ = ["AzureMLSimulator", "Fault", "Simulator"]
+__all__ = [
+    "AzureMLSimulator",
+    "BedrockSimulator",
+    "ComprehendSimulator",
+    "Fault",
+    "SageMakerSimulator",
+    "Simulator",
+]

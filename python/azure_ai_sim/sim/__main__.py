@@ -11,9 +11,17 @@ import inspect
 import sys
 
 from azure_ai_sim.sim.azureml import AzureMLSimulator
+from azure_ai_sim.sim.bedrock import BedrockSimulator
+from azure_ai_sim.sim.comprehend import ComprehendSimulator
+from azure_ai_sim.sim.sagemaker import SageMakerSimulator
 from azure_ai_sim.sim.server import Simulator
 
-SIMULATORS: list[type[Simulator]] = [AzureMLSimulator]
+SIMULATORS: list[type[Simulator]] = [
+    AzureMLSimulator,
+    SageMakerSimulator,
+    ComprehendSimulator,
+    BedrockSimulator,
+]
 
 
 def main(argv: list[str] | None = None) -> int:
