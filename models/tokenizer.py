@@ -64,7 +64,7 @@ def sentencepiece_model(
             raise ValueError(f"piece {i} is {pieces[i]!r}, not {piece}: not XLM-R's id order")
     kind = pb.ModelProto.SentencePiece.Type
     proto = pb.ModelProto()
-    for i, (piece, score) in enumerate(zip(pieces, scores)):
+    for i, (piece, score) in enumerate(zip(pieces, scores, strict=False)):
         entry = proto.pieces.add(piece=piece, score=float(score))
         if i == SPECIAL["<unk>"]:
             entry.type = kind.UNKNOWN

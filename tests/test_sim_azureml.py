@@ -89,7 +89,7 @@ def queue(call: Any, *faults: dict[str, Any]) -> None:
 
 
 def housing(row: list[float]) -> float:
-    return HOUSING_INTERCEPT + sum(c * x for c, x in zip(HOUSING_COEFFICIENTS, row))
+    return HOUSING_INTERCEPT + sum(c * x for c, x in zip(HOUSING_COEFFICIENTS, row, strict=False))
 
 
 def test_health_and_swagger(call):

@@ -119,7 +119,7 @@ class Model:
                     f"timeout_ms passed after {start} of {len(order)} inputs were embedded"
                 )
             batch = order[start : start + batch_size]
-            for i, vector in zip(batch, self._run([ids[i] for i in batch])):
+            for i, vector in zip(batch, self._run([ids[i] for i in batch]), strict=False):
                 embeddings[i] = vector
         return embeddings
 

@@ -64,7 +64,7 @@ def create_embeddings(
     finally:
         _release_freed_memory()
     embeddings: list[Any] = [None] * len(texts)
-    for i, vector in zip(present, vectors):
+    for i, vector in zip(present, vectors, strict=False):
         embeddings[i] = vector.tobytes()
     return embeddings
 
@@ -279,7 +279,7 @@ def set_settings(keys: list[str | None] | None, values: list[str | None] | None)
     """All or nothing: every pair is checked before any is stored."""
     if keys is None or values is None or len(keys) != len(values):
         raise errors.InvalidParameter("keys and values must be arrays of the same length")
-    for key, value in zip(keys, values):
+    for key, value in zip(keys, values, strict=False):
         SETTINGS.validate(key, value)
-    for key, value in zip(keys, values):
+    for key, value in zip(keys, values, strict=False):
         SETTINGS.set(key, value)

@@ -10,8 +10,8 @@ import ctypes
 import functools
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from azure_ai_sim import errors
 

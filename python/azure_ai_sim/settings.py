@@ -8,7 +8,7 @@ never echoed in errors: several of them are keys or tokens.
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from azure_ai_sim import errors, pg

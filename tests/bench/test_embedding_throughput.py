@@ -148,7 +148,7 @@ def test_embedding_throughput(bench_database):
         result[f"in_database_{variant}_texts_per_s"] = statistics.median(inside_rates)
         result[f"outside_database_{variant}_texts_per_s"] = statistics.median(outside_rates)
         result[f"in_database_{variant}_ratio_to_outside"] = statistics.median(
-            inside / outside for inside, outside in zip(inside_rates, outside_rates)
+            inside / outside for inside, outside in zip(inside_rates, outside_rates, strict=False)
         )
         latencies = []
         for text in texts[:50]:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import math
 import operator
 import threading
-from collections.abc import Sequence
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 Fit = Callable[[], "tuple[float, Sequence[float]]"]
 
