@@ -25,7 +25,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 from urllib.parse import unquote
 
 from azure_ai_sim.sim import models
@@ -41,7 +41,7 @@ CSV = "text/csv"
 JSON = "application/json"
 OCTET_STREAM = "application/octet-stream"  # what SageMaker assumes without a Content-Type
 
-Value = Union[float, int]
+Value = float | int
 Rows = list[list[float]]
 
 
