@@ -7,7 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from azure_ai_sim.sim import AzureMLSimulator
+from azure_ai_sim.sim import (
+    AzureMLSimulator,
+    BedrockSimulator,
+    ComprehendSimulator,
+    SageMakerSimulator,
+)
 from cluster import Server, server_from_environment
 
 DEMO_SQL = Path(__file__).with_name("demo.sql")
@@ -16,11 +21,18 @@ KEY = "sim-key"
 
 def run_demo(server: Server, dsn: str, azureml: AzureMLSimulator) -> subprocess.CompletedProcess:
     """psql echoes each statement before its result; errors and notices interleave."""
-    return server.run(
-        "psql", "--no-psqlrc", "--echo-queries", "-v", "ON_ERROR_STOP=1",
-        "-v", f"scoring_endpoint={azureml.url}/score", "-v", f"endpoint_key={KEY}",
-        f"--dbname={dsn}", f"--file={DEMO_SQL}", stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    with (
+        SageMakerSimulator() as sagemaker,
+        ComprehendSimulator() as comprehend,
+        BedrockSimulator() as bedrock,
+    ):
+        return server.run(
+            "psql", "--no-psqlrc", "--echo-queries", "-v", "ON_ERROR_STOP=1",
+            "-v", f"scoring_endpoint={azureml.url}/score", "-v", f"endpoint_key={KEY}",
+            "-v", f"sagemaker_url={sagemaker.url}", "-v", f"comprehend_url={comprehend.url}",
+            "-v", f"bedrock_url={bedrock.url}",
+            f"--dbname={dsn}", f"--file={DEMO_SQL}", stderr=subprocess.STDOUT,
+        )  # fmt: skip
 
 
 def main() -> int:

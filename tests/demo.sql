@@ -59,6 +59,29 @@ SELECT azure_local_ai.model_metadata('multilingual-e5-small:v1-int8') ->> 'sourc
 -- Aurora: machine learning; CASCADE pulls in aws_commons, as in the AWS docs.
 CREATE EXTENSION IF NOT EXISTS aws_ml CASCADE;
 
+-- Point aws_ml at the local simulators (a server with an AWS environment needs none of this).
+SELECT aws_ml.set_setting('region', 'us-east-1');
+SELECT aws_ml.set_setting('sagemaker.endpoint_url', :'sagemaker_url');
+SELECT aws_ml.set_setting('comprehend.endpoint_url', :'comprehend_url');
+SELECT aws_ml.set_setting('bedrock.endpoint_url', :'bedrock_url');
+SELECT aws_ml.set_setting('aws_access_key_id', 'AKIDSIMULATOR');
+SELECT aws_ml.set_setting('aws_secret_access_key', 'sim-secret');
+
+-- SageMaker: any arguments become one CSV record.
+SELECT aws_sagemaker.invoke_endpoint('housing', NULL, 8.3252, 41, 6.984, 1.024, 322, 2.556, 37.88, -122.23) AS median_house_value;
+CREATE FUNCTION classify_iris (IN sepal_length REAL, IN sepal_width REAL, IN petal_length REAL, IN petal_width REAL, OUT species INT)
+AS $$ SELECT aws_sagemaker.invoke_endpoint('iris-classifier', NULL, sepal_length, sepal_width, petal_length, petal_width)::INT $$
+LANGUAGE SQL PARALLEL SAFE COST 5000;
+SELECT classify_iris(5.1, 3.5, 1.4, 0.2) AS setosa, classify_iris(6.7, 3.0, 5.2, 2.3) AS virginica;
+
+-- Comprehend: sentiment per row.
+CREATE TEMP TABLE support (feedback text);
+INSERT INTO support VALUES ('The support team was wonderful, thank you!'), ('The product broke after one day. Terrible.'), ('I received the parcel on Tuesday.');
+SELECT feedback, s.sentiment, s.confidence FROM support, aws_comprehend.detect_sentiment(feedback, 'en') s ORDER BY s.confidence DESC;
+
+-- Bedrock: an embedding (from the local e5 model, projected: the simulator is no Titan).
+SELECT array_length(aws_bedrock.invoke_model_get_embeddings(model_id := 'amazon.titan-embed-text-v2:0', content_type := 'application/json', json_key := 'embedding', model_input := '{"inputText": "PostgreSQL with machine learning"}'), 1) AS titan_dimensions;
+
 SELECT extname, extversion FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY extname;
 
 -- Mistakes get errors that name the setting and never echo a value (both fail on purpose).
