@@ -6,7 +6,13 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from azure_ai_sim.sim import BedrockSimulator, ComprehendSimulator, Fault, SageMakerSimulator
+from azure_ai_sim.sim import (
+    BedrockSimulator,
+    ComprehendSimulator,
+    Fault,
+    SageMakerSimulator,
+    StsSimulator,
+)
 from conftest import assert_interrupted, run_in_thread
 
 # Endpoint names of Aurora's examples, served by the simulator's endpoints.
@@ -267,8 +273,40 @@ def test_claude_is_the_labelled_local_generator(conn):
     assert "[azure_ai_sim local generator]" in answer
 
 
+def test_a_role_per_service_is_assumed_once_and_used(conn, simulators):
+    comprehend = simulators["comprehend"]
+    role = "arn:aws:iam::123456789012:role/comprehend-feature"
+    with StsSimulator() as sts:
+        conn.execute("SELECT aws_ml.set_setting('sts.endpoint_url', %s)", (sts.url,))
+        conn.execute("SELECT aws_ml.set_setting('comprehend.role_arn', %s)", (role,))
+        comprehend.recorded.clear()
+        try:
+            for _ in range(2):
+                sentiment = one(
+                    conn, "SELECT (aws_comprehend.detect_sentiment('Great!', 'en')).sentiment"
+                )
+                assert sentiment == "POSITIVE"
+            (assume,) = sts.recorded.snapshot()
+            assert (
+                "RoleArn=arn%3Aaws%3Aiam%3A%3A123456789012%3Arole%2Fcomprehend-feature"
+                in assume["body"]
+            )
+            calls = comprehend.recorded.snapshot()
+            assert len(calls) == 2
+            for call in calls:
+                assert call["headers"]["authorization"].startswith(
+                    "AWS4-HMAC-SHA256 Credential=ASIA"
+                )
+                assert call["headers"]["x-amz-security-token"]
+        finally:
+            conn.execute("SELECT aws_ml.set_setting('comprehend.role_arn', NULL)")
+            conn.execute("SELECT aws_ml.set_setting('sts.endpoint_url', NULL)")
+
+
 def test_settings_are_validated(conn):
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="an AWS region"):
         conn.execute("SELECT aws_ml.set_setting('region', 'Mars')")
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="unknown setting key"):
         conn.execute("SELECT aws_ml.set_setting('role', 'x')")
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="an IAM role ARN"):
+        conn.execute("SELECT aws_ml.set_setting('bedrock.role_arn', 'admin')")

@@ -721,3 +721,28 @@ def test_command_line(tmp_path):
         for process in processes.values():
             assert process.wait(timeout=10) == 0
             process.stdout.close()
+
+
+def test_sts_credentials_work_with_boto3_end_to_end():
+    """AssumeRole's XML parses in the real SDK, and its credentials sign other calls."""
+    from azure_ai_sim.sim import ComprehendSimulator, StsSimulator
+
+    with StsSimulator() as sts, ComprehendSimulator() as comprehend:
+        issued = boto3.client(
+            "sts",
+            endpoint_url=sts.url,
+            region_name="us-east-1",
+            aws_access_key_id="AKIDSIMULATOR",
+            aws_secret_access_key="sim-secret",
+        ).assume_role(RoleArn="arn:aws:iam::123456789012:role/r", RoleSessionName="sim-session")
+        credentials = issued["Credentials"]
+        assert credentials["AccessKeyId"].startswith("ASIA")
+        result = boto3.client(
+            "comprehend",
+            endpoint_url=comprehend.url,
+            region_name="us-east-1",
+            aws_access_key_id=credentials["AccessKeyId"],
+            aws_secret_access_key=credentials["SecretAccessKey"],
+            aws_session_token=credentials["SessionToken"],
+        ).detect_sentiment(Text="I love it", LanguageCode="en")
+        assert result["Sentiment"] == "POSITIVE"

@@ -10,8 +10,11 @@ roles); settings in aws_ml.settings override it.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
+from xml.etree import ElementTree
 
 from azure_ai_sim import errors, transport
 
@@ -31,6 +34,7 @@ SAGEMAKER = Service(
 COMPREHEND = Service(
     "comprehend", "comprehend", "comprehend.{region}.amazonaws.com", "AWS_ENDPOINT_URL_COMPREHEND"
 )
+STS = Service("sts", "sts", "sts.{region}.amazonaws.com", "AWS_ENDPOINT_URL_STS")
 BEDROCK = Service(
     "bedrock", "bedrock", "bedrock-runtime.{region}.amazonaws.com",
     "AWS_ENDPOINT_URL_BEDROCK_RUNTIME",
@@ -54,6 +58,9 @@ def call(
     region = _region(settings)
     url = _endpoint_url(service, settings, region) + path
     credentials = _credentials(settings, deadline)
+    role = settings.get(f"{service.name}.role_arn")
+    if role:
+        credentials = _assumed(role, credentials, settings, region, deadline)
     signed = _sign(service, region, credentials, url, body, headers)
     request = transport.Request(
         "POST", url, signed, body, MAX_RESPONSE_BYTES,
@@ -115,6 +122,44 @@ def _credentials(settings: dict[str, str], deadline: transport.Deadline) -> Any:
             "aws_access_key_id is set"
         )
     return transport.run_blocking("aws-frozen-credentials", found.get_frozen_credentials, deadline)
+
+
+_assumed_roles: dict[tuple[str, str], tuple[Any, float]] = {}
+ASSUMED_ROLE_SECONDS = 3600
+RENEW_BEFORE_EXPIRY_SECONDS = 300
+
+
+def _assumed(
+    role: str, base: Any, settings: dict[str, str], region: str, deadline: transport.Deadline
+) -> Any:
+    """The role's temporary credentials from STS AssumeRole, kept until shortly before they
+    expire: Aurora, too, calls each service with the IAM role of its feature."""
+    from botocore.credentials import ReadOnlyCredentials
+
+    key = (role, base.access_key)
+    cached = _assumed_roles.get(key)
+    if cached is not None and cached[1] - time.time() > RENEW_BEFORE_EXPIRY_SECONDS:
+        return cached[0]
+    body = urlencode({
+        "Action": "AssumeRole", "Version": "2011-06-15", "RoleArn": role,
+        "RoleSessionName": "azure_ai_sim", "DurationSeconds": str(ASSUMED_ROLE_SECONDS),
+    }).encode()  # fmt: skip
+    url = _endpoint_url(STS, settings, region) + "/"
+    headers = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
+    request = transport.Request(
+        "POST", url, _sign(STS, region, base, url, body, headers), body, MAX_RESPONSE_BYTES,
+        secrets=tuple(filter(None, (base.secret_key, base.token))),
+    )  # fmt: skip
+    reply = transport.send(request, deadline, transport.RetryPolicy(max_attempts=3))
+    found = {
+        element.tag.rsplit("}", 1)[-1]: element.text
+        for element in ElementTree.fromstring(reply.body).iter()
+    }
+    credentials = ReadOnlyCredentials(
+        found["AccessKeyId"], found["SecretAccessKey"], found["SessionToken"]
+    )
+    _assumed_roles[key] = (credentials, time.time() + ASSUMED_ROLE_SECONDS)
+    return credentials
 
 
 def _sign(

@@ -10,6 +10,10 @@ from typing import Any
 from azure_ai_sim import aws, errors, pg
 from azure_ai_sim.settings import SettingsTable, http_url, pattern, secret
 
+ROLE_ARN = pattern(
+    r"arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@/-]{1,512}",
+    "an IAM role ARN such as arn:aws:iam::123456789012:role/name",
+)
 SETTINGS = SettingsTable(
     "aws_ml.settings",
     {
@@ -17,6 +21,10 @@ SETTINGS = SettingsTable(
         "sagemaker.endpoint_url": http_url,
         "comprehend.endpoint_url": http_url,
         "bedrock.endpoint_url": http_url,
+        "sts.endpoint_url": http_url,
+        "sagemaker.role_arn": ROLE_ARN,
+        "comprehend.role_arn": ROLE_ARN,
+        "bedrock.role_arn": ROLE_ARN,
         "aws_access_key_id": secret,
         "aws_secret_access_key": secret,
         "aws_session_token": secret,

@@ -10,6 +10,7 @@ from azure_ai_sim.sim.bedrock import BedrockSimulator
 from azure_ai_sim.sim.comprehend import ComprehendSimulator
 from azure_ai_sim.sim.sagemaker import SageMakerSimulator
 from azure_ai_sim.sim.server import Fault, Simulator
+from azure_ai_sim.sim.sts import StsSimulator
 
 __all__ = [
     "AzureMLSimulator",
@@ -18,4 +19,5 @@ __all__ = [
     "Fault",
     "SageMakerSimulator",
     "Simulator",
+    "StsSimulator",
 ]

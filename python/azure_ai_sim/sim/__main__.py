@@ -15,12 +15,14 @@ from azure_ai_sim.sim.bedrock import BedrockSimulator
 from azure_ai_sim.sim.comprehend import ComprehendSimulator
 from azure_ai_sim.sim.sagemaker import SageMakerSimulator
 from azure_ai_sim.sim.server import Simulator
+from azure_ai_sim.sim.sts import StsSimulator
 
 SIMULATORS: list[type[Simulator]] = [
     AzureMLSimulator,
     SageMakerSimulator,
     ComprehendSimulator,
     BedrockSimulator,
+    StsSimulator,
 ]
 
 

@@ -206,6 +206,18 @@ def _check_date(amz_date: str, scope_date: str, now: float) -> None:
         )
 
 
+@dataclass(frozen=True)
+class TemporaryCredentials:
+    access_key: str
+    secret_key: str
+    token: str
+    expires: float
+
+
+# Issued by the STS simulator and accepted by every AWS simulator of this process.
+TEMPORARY_CREDENTIALS: dict[str, TemporaryCredentials] = {}
+
+
 def verify_sigv4(
     request: Request,
     service: str,
@@ -322,7 +334,22 @@ class AWSSimulator(Simulator):
         )
 
     def authenticate(self, request: Request) -> Caller:
-        return verify_sigv4(request, self.signing_name, self.access_key, self.secret_key)
+        """The long-term key, or temporary credentials the STS simulator issued."""
+        header = request.headers.get("authorization", "")
+        temporary = TEMPORARY_CREDENTIALS.get(
+            _parse_authorization(header).access_key if header else ""
+        )
+        if temporary is None or temporary.expires < time.time():
+            return verify_sigv4(request, self.signing_name, self.access_key, self.secret_key)
+        if not hmac.compare_digest(
+            request.headers.get("x-amz-security-token", "").encode(), temporary.token.encode()
+        ):
+            raise _front_end_error(
+                403,
+                "UnrecognizedClientException",
+                "The security token included in the request is invalid.",
+            )
+        return verify_sigv4(request, self.signing_name, temporary.access_key, temporary.secret_key)
 
     def handle(self, request: Request) -> Response:
         response = super().handle(request)
