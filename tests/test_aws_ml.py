@@ -82,6 +82,19 @@ def test_the_csv_record_sagemaker_gets(conn, sagemaker, call, record):
     assert request["headers"]["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKID")
 
 
+def test_media_types_per_endpoint(conn, sagemaker):
+    conn.execute("SELECT aws_ml.set_setting('sagemaker.ep.accept', 'application/jsonlines')")
+    try:
+        one(conn, "SELECT aws_sagemaker.invoke_endpoint('ep', NULL, 1)")
+        one(conn, "SELECT aws_sagemaker.invoke_endpoint('housing', NULL, 1,2,3,4,5,6,7,8)")
+        accepts = [r["headers"]["accept"] for r in sagemaker.recorded.snapshot()]
+        assert accepts == ["application/jsonlines", "text/csv"]
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="a media type"):
+            conn.execute("SELECT aws_ml.set_setting('sagemaker.ep.content_type', 'csv')")
+    finally:
+        conn.execute("SELECT aws_ml.set_setting('sagemaker.ep.accept', NULL)")
+
+
 def test_aurora_wrappers_verbatim(conn, sagemaker):
     conn.execute("""
         CREATE FUNCTION classify_event (IN arg1 INT, IN arg2 DATE, OUT category INT)

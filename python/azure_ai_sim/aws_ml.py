@@ -29,6 +29,10 @@ SETTINGS = SettingsTable(
         "aws_secret_access_key": secret,
         "aws_session_token": secret,
     },
+    families={
+        "sagemaker.<endpoint>.content_type": pattern(r"[\w.+-]+/[\w.+-]+", "a media type"),
+        "sagemaker.<endpoint>.accept": pattern(r"[\w.+-]+/[\w.+-]+", "a media type"),
+    },
 )
 # SageMaker's request limit: larger inputs fail here, before anything is sent.
 MAX_SAGEMAKER_BODY = 6 * 1024 * 1024
@@ -65,8 +69,12 @@ def invoke_endpoint(
             f"model_input is {len(body)} bytes as CSV; SageMaker takes at most 6 MB"
         )
     path = "/endpoints/" + _path_part(endpoint_name) + "/invocations"
-    headers = {"Content-Type": "text/csv", "Accept": "text/csv"}
-    response = aws.call(aws.SAGEMAKER, SETTINGS.snapshot(), path, body, headers)
+    settings = SETTINGS.snapshot()
+    headers = {
+        "Content-Type": settings.get(f"sagemaker.{endpoint_name}.content_type", "text/csv"),
+        "Accept": settings.get(f"sagemaker.{endpoint_name}.accept", "text/csv"),
+    }
+    response = aws.call(aws.SAGEMAKER, settings, path, body, headers)
     return sagemaker_output(response.body.decode("utf-8", "replace"))
 
 

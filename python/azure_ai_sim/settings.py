@@ -18,6 +18,11 @@ Check = Callable[[str], None]  # raises ValueError with a reason that does not q
 _KEY_SHAPE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
 
 
+def _family_pattern(shown: str) -> re.Pattern[str]:
+    """ "sagemaker.<endpoint>.accept" matches sagemaker.my-endpoint-1.accept."""
+    return re.compile("[A-Za-z0-9-]{1,63}".join(map(re.escape, re.split(r"<[a-z_]+>", shown))))
+
+
 def http_url(value: str) -> None:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname or value != value.strip():
@@ -59,9 +64,15 @@ def pattern(regex: str, description: str) -> Check:
 class SettingsTable:
     """One extension's settings; functions that need them read them once per statement."""
 
-    def __init__(self, table: str, checks: dict[str, Check]):
+    def __init__(
+        self, table: str, checks: dict[str, Check], families: dict[str, Check] | None = None
+    ):
+        """families: keys with a name inside, such as "sagemaker.<endpoint>.accept"."""
         self.table = table
         self.checks = checks
+        self.families = {
+            _family_pattern(shown): (shown, check) for shown, check in (families or {}).items()
+        }
         self._snapshot: dict[str, str] = {}
         self._snapshot_statement: int | None = None
 
@@ -81,21 +92,27 @@ class SettingsTable:
         """Returns the key once it and the value are known to be acceptable."""
         if key is None:
             raise errors.NullValueNotAllowed("key must not be NULL")
-        if key not in self.checks:
+        check = self._check(key)
+        if check is None:
             # A secret passed as the key by mistake must not end up in the error.
             shown = f' "{key}"' if _KEY_SHAPE.fullmatch(key) and len(key) <= 64 else ""
+            valid = [*sorted(self.checks), *(shown for shown, _ in self.families.values())]
             raise errors.InvalidParameter(
-                f"unknown setting key{shown}",
-                detail="Valid keys: " + ", ".join(sorted(self.checks)) + ".",
+                f"unknown setting key{shown}", detail="Valid keys: " + ", ".join(valid) + "."
             )
         if value is not None:
             try:
-                self.checks[key](value)
+                check(value)
             except ValueError as reason:
                 raise errors.InvalidParameter(
                     f'invalid value for setting "{key}": {reason}'
                 ) from None
         return key
+
+    def _check(self, key: str) -> Check | None:
+        if key in self.checks:
+            return self.checks[key]
+        return next((c for regex, (_, c) in self.families.items() if regex.fullmatch(key)), None)
 
     def get(self, key: str | None) -> str | None:
         key = self.validate(key, None)
