@@ -188,6 +188,29 @@ def test_a_slow_endpoint_can_be_cancelled(conn, database, sagemaker):
     assert_interrupted(call, "due to user request", "aws_sagemaker.invoke_endpoint")
 
 
+def test_statement_timeout_ends_a_slow_call(database, sagemaker):
+    sagemaker.faults.extend([Fault(latency_ms=60_000)])
+    call = run_in_thread(
+        database,
+        "SELECT aws_sagemaker.invoke_endpoint('ep', NULL, 1)",
+        setup="SET statement_timeout = 300",
+    )
+    assert_interrupted(call, "due to statement timeout", "aws_sagemaker.invoke_endpoint")
+
+
+def test_only_aws_ml_members_may_call(conn, make_role):
+    outsider, member = make_role(), make_role("aws_ml")
+    statement = "SELECT (aws_comprehend.detect_sentiment('Fine.', 'en')).sentiment"
+    conn.execute(f"SET ROLE {outsider}")
+    try:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(statement)
+        conn.execute(f"SET ROLE {member}")
+        assert one(conn, statement) in ("POSITIVE", "NEUTRAL")
+    finally:
+        conn.execute("RESET ROLE")
+
+
 # --- Comprehend ----------------------------------------------------------------------------
 
 
