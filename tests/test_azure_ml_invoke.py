@@ -15,13 +15,11 @@ import pytest
 from azure_ai_sim.sim import Fault
 from azure_ai_sim.sim.models import DIABETES, HOUSING
 from conftest import assert_interrupted, notices, run_in_thread
+from samples import DIABETES_ROWS
 
 KEY = "sim-key"
 DOC_PAYLOAD = '{"input_data": [[1,2,3,4,5,6,7,8],[-1,-2,-3,-4,-5,-6,-7,-8]], "params": {}}'
 DOC_ROWS = [[1, 2, 3, 4, 5, 6, 7, 8], [-1, -2, -3, -4, -5, -6, -7, -8]]
-DIABETES_ROW = [0.0199132141783263, 0.0506801187398187, 0.104808689473925, 0.0700725447072635,
-                -0.0359677812752396, -0.0266789028311707, -0.0249926566315915,
-                -0.00259226199818282, 0.00371173823343597, 0.0403433716478807]  # fmt: skip
 SMALL = "'{\"input_data\": [[1,2,3,4,5,6,7,8]]}'"
 
 
@@ -116,8 +114,8 @@ def test_positional_deployment_and_the_old_name(conn, azureml):
 
 def test_v1_web_service_with_the_diabetes_model(conn, azureml):
     configure(conn, azureml.url + "/api/v1/service/diabetes/score")
-    payload = json.dumps({"data": [DIABETES_ROW, DIABETES_ROW]})
-    assert invoke(conn, f"'{payload}'") == pytest.approx(DIABETES.predict([DIABETES_ROW] * 2))
+    payload = json.dumps({"data": DIABETES_ROWS})
+    assert invoke(conn, f"'{payload}'") == pytest.approx(DIABETES.predict(DIABETES_ROWS))
 
 
 def test_null_input_sends_nothing(conn, azureml):

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +18,7 @@ import boto3
 import psycopg
 import pytest
 from botocore.config import Config
+from processes import simulator_processes
 
 ROWS = 2_000
 ROUNDS = 3
@@ -31,21 +30,8 @@ FEEDBACK = "The support team was wonderful and solved my problem quickly."
 
 @pytest.fixture(scope="module")
 def endpoints() -> Iterator[dict[str, str]]:
-    processes, urls = [], {}
-    try:
-        for service in ("sagemaker", "comprehend"):
-            process = subprocess.Popen(
-                [sys.executable, "-m", "azure_ai_sim.sim", service, "--port", "0"],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            processes.append(process)
-            urls[service] = process.stdout.readline().split()[-1]
+    with simulator_processes("sagemaker", "comprehend") as urls:
         yield urls
-    finally:
-        for process in processes:
-            process.terminate()
-            process.wait(10)
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,6 @@ from __future__ import annotations
 import http.client
 import json
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +21,7 @@ import psycopg
 import pytest
 import requests
 import urllib3
+from processes import simulator_processes
 
 ROWS = 2_000
 ROUNDS = 3
@@ -34,17 +33,8 @@ RESULT = Path(__file__).resolve().parents[2] / "build" / "bench" / "invoke_throu
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
-    simulator = subprocess.Popen(
-        [sys.executable, "-m", "azure_ai_sim.sim", "azureml", "--port", "0", "--key", KEY],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        url = simulator.stdout.readline().split()[-1]
-        yield url + "/score"
-    finally:
-        simulator.terminate()
-        simulator.wait(10)
+    with simulator_processes("azureml", options=("--key", KEY)) as urls:
+        yield urls["azureml"] + "/score"
 
 
 @pytest.fixture(scope="module")

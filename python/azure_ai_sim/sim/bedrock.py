@@ -36,7 +36,6 @@ import functools
 import json
 import os
 import re
-import ssl
 import sys
 import threading
 import time
@@ -48,8 +47,6 @@ from typing import Any, ClassVar
 from urllib.parse import unquote
 
 from azure_ai_sim.sim.aws import (
-    DEFAULT_ACCESS_KEY,
-    DEFAULT_SECRET_KEY,
     AWSError,
     AWSSimulator,
     Caller,
@@ -493,25 +490,9 @@ class BedrockSimulator(AWSSimulator):
         503: "ServiceUnavailableException",
     }
 
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        *,
-        access_key: str = DEFAULT_ACCESS_KEY,
-        secret_key: str = DEFAULT_SECRET_KEY,
-        model_dir: str | Path | None = None,
-        request_timeout_ms: int | None = None,
-        tls: ssl.SSLContext | None = None,
-    ):
-        super().__init__(
-            host,
-            port,
-            access_key=access_key,
-            secret_key=secret_key,
-            request_timeout_ms=request_timeout_ms,
-            tls=tls,
-        )
+    def __init__(self, *args: Any, model_dir: str | Path | None = None, **kwargs: Any):
+        """As AWSSimulator's, and model_dir: where the e5 model files are."""
+        super().__init__(*args, **kwargs)
         self.e5 = E5(Path(model_dir) if model_dir else default_model_dir())
 
     def operation(self, request: Request) -> Operation | None:
