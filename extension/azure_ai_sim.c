@@ -5,6 +5,8 @@
 
 #include "catalog/pg_type.h"
 #include "fmgr.h"
+#include "nodes/makefuncs.h"
+#include "parser/parse_func.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
@@ -51,7 +53,7 @@ azure_ai_sim_float4_array(PG_FUNCTION_ARGS)
  * Only C can take VARIADIC "any". This turns every argument into its text form (the
  * type's own output function; one-dimensional arrays flattened in order; NULL stays NULL)
  * and hands a text[] to aws_sagemaker._invoke_endpoint(text, integer, text[]), the
- * PL/Python core that does everything else. No SPI: it also runs in parallel workers.
+ * PL/Python core that does everything else. The shim itself uses no SPI.
  */
 PG_FUNCTION_INFO_V1(azure_ai_sim_invoke_endpoint);
 
@@ -88,7 +90,7 @@ add_field(FieldList *fields, Datum value, bool isnull, Oid type)
 static void
 add_argument(FieldList *fields, Datum value, bool isnull, Oid type)
 {
-	Oid			element = get_element_type(type);
+	Oid			element = get_element_type(getBaseType(type));
 	ArrayType  *array;
 	Datum	   *elements;
 	bool	   *nulls;
@@ -117,22 +119,24 @@ add_argument(FieldList *fields, Datum value, bool isnull, Oid type)
 Datum
 azure_ai_sim_invoke_endpoint(PG_FUNCTION_ARGS)
 {
-	Oid		   *core = (Oid *) fcinfo->flinfo->fn_extra;
+	FmgrInfo   *core = (FmgrInfo *) fcinfo->flinfo->fn_extra;
 	FieldList	fields;
 	LOCAL_FCINFO(call, 3);
-	FmgrInfo	flinfo;
 	Datum		result;
 	int			dims[1];
 	int			lbs[1] = {1};
 
 	if (core == NULL)
 	{
-		core = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, sizeof(Oid));
-		*core = DatumGetObjectId(DirectFunctionCall1(
-			to_regprocedure,
-			CStringGetTextDatum("aws_sagemaker._invoke_endpoint(text, integer, text[])")));
-		if (!OidIsValid(*core))
+		Oid			argtypes[3] = {TEXTOID, INT4OID, TEXTARRAYOID};
+		Oid			oid = LookupFuncName(list_make2(makeString("aws_sagemaker"),
+													makeString("_invoke_endpoint")),
+										 3, argtypes, true);
+
+		if (!OidIsValid(oid))
 			elog(ERROR, "aws_sagemaker._invoke_endpoint(text, integer, text[]) is missing");
+		core = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, sizeof(FmgrInfo));
+		fmgr_info_cxt(oid, core, fcinfo->flinfo->fn_mcxt);
 		fcinfo->flinfo->fn_extra = core;
 	}
 
@@ -141,12 +145,16 @@ azure_ai_sim_invoke_endpoint(PG_FUNCTION_ARGS)
 	fields.nulls = palloc(fields.allocated * sizeof(bool));
 	fields.count = 0;
 	for (int i = 2; i < PG_NARGS(); i++)
+	{
+		/* VARIADIC NULL::int[] means no arguments, as for format() */
+		if (PG_ARGISNULL(i) && get_fn_expr_variadic(fcinfo->flinfo))
+			continue;
 		add_argument(&fields, PG_GETARG_DATUM(i), PG_ARGISNULL(i),
 					 get_fn_expr_argtype(fcinfo->flinfo, i));
+	}
 
 	dims[0] = fields.count;
-	fmgr_info(*core, &flinfo);
-	InitFunctionCallInfoData(*call, &flinfo, 3, PG_GET_COLLATION(), NULL, NULL);
+	InitFunctionCallInfoData(*call, core, 3, PG_GET_COLLATION(), NULL, NULL);
 	call->args[0].value = PG_GETARG_DATUM(0);
 	call->args[0].isnull = PG_ARGISNULL(0);
 	call->args[1].value = PG_GETARG_DATUM(1);

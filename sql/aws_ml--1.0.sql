@@ -63,7 +63,7 @@ CREATE FUNCTION aws_sagemaker.invoke_endpoint(
     VARIADIC model_input "any",
     OUT model_output varchar
 )
-    LANGUAGE c VOLATILE
+    LANGUAGE c VOLATILE COST 5000  -- a network call: the planner should put it last
     AS '$libdir/azure_ai_sim', 'azure_ai_sim_invoke_endpoint';
 
 

@@ -14,6 +14,8 @@ from azure_ai_sim.aws_ml import csv_record, sagemaker_output
         (['say "hi"', "a,b", "two\nlines", "t"], '"say ""hi""","a,b","two\nlines",t\n'),
         (["1.0", "2.0"], "1.0,2.0\n"),
         ([], "\n"),
+        ([None], "\n"),
+        (["a\rb", "x"], '"a\rb",x\n'),
     ],
 )
 def test_csv_record(fields, record):
@@ -23,11 +25,11 @@ def test_csv_record(fields, record):
 @pytest.mark.parametrize(
     ("body", "output"),
     [
-        ("42\n", "42"),
+        ("42", "42"),
         ("0.75", "0.75"),
-        ("12,34\n", "(12,34)"),  # casts to a composite type of two fields
-        ("1\n2\n", "1\n2"),
-        ("(5,6)\n", "(5,6)"),
+        ("12,34", '("12","34")'),  # casts to a composite type of two fields
+        ('C:\\dir,"say ""x"""', '("C:\\\\dir","say ""x""")'),
+        ("1\n2", "1\n2"),
     ],
 )
 def test_sagemaker_output(body, output):

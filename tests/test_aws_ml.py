@@ -95,6 +95,24 @@ def test_media_types_per_endpoint(conn, sagemaker):
         conn.execute("SELECT aws_ml.set_setting('sagemaker.ep.accept', NULL)")
 
 
+def test_arguments_the_shim_must_get_right(conn, sagemaker):
+    conn.execute("CREATE DOMAIN int_list AS int[]")
+    conn.execute("CREATE TYPE pair AS (a text, b text)")
+    try:
+        one(conn, "SELECT aws_sagemaker.invoke_endpoint('ep', NULL, '{1,2}'::int_list)")
+        one(conn, "SELECT aws_sagemaker.invoke_endpoint('ep', NULL, VARIADIC NULL::int[])")
+        one(conn, "SELECT aws_sagemaker.invoke_endpoint('ep', NULL, VARIADIC ARRAY[3, 4])")
+        bodies = [request["body"] for request in sagemaker.recorded.snapshot()]
+        assert bodies == ["1,2\n", "\n", "3,4\n"]
+        pair = conn.execute(
+            "SELECT (aws_sagemaker.invoke_endpoint('ep', NULL, 'C:\\dir', 'say \"x\"')::pair).*"
+        ).fetchone()
+        assert pair == ("C:\\dir", 'say "x"')
+    finally:
+        conn.execute("DROP DOMAIN int_list")
+        conn.execute("DROP TYPE pair")
+
+
 def test_aurora_wrappers_verbatim(conn, sagemaker):
     conn.execute("""
         CREATE FUNCTION classify_event (IN arg1 INT, IN arg2 DATE, OUT category INT)

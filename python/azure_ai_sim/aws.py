@@ -9,6 +9,7 @@ roles); settings in aws_ml.settings override it.
 
 from __future__ import annotations
 
+import calendar
 import os
 import time
 from dataclasses import dataclass
@@ -110,9 +111,13 @@ def _credentials(settings: dict[str, str], deadline: transport.Deadline) -> Any:
     from botocore.credentials import ReadOnlyCredentials
 
     if settings.get("aws_access_key_id"):
+        if not settings.get("aws_secret_access_key"):
+            raise errors.SettingMissing(
+                "the aws_ml setting aws_access_key_id is set, but aws_secret_access_key is not"
+            )
         return ReadOnlyCredentials(
             settings["aws_access_key_id"],
-            settings.get("aws_secret_access_key", ""),
+            settings["aws_secret_access_key"],
             settings.get("aws_session_token"),
         )
     found = transport.run_blocking("aws-credentials", _botocore().get_credentials, deadline)
@@ -124,7 +129,7 @@ def _credentials(settings: dict[str, str], deadline: transport.Deadline) -> Any:
     return transport.run_blocking("aws-frozen-credentials", found.get_frozen_credentials, deadline)
 
 
-_assumed_roles: dict[tuple[str, str], tuple[Any, float]] = {}
+_assumed_roles: dict[tuple[str, str, str], tuple[Any, float]] = {}
 ASSUMED_ROLE_SECONDS = 3600
 RENEW_BEFORE_EXPIRY_SECONDS = 300
 
@@ -136,7 +141,8 @@ def _assumed(
     expire: Aurora, too, calls each service with the IAM role of its feature."""
     from botocore.credentials import ReadOnlyCredentials
 
-    key = (role, base.access_key)
+    url = _endpoint_url(STS, settings, region) + "/"
+    key = (role, base.access_key, url)
     cached = _assumed_roles.get(key)
     if cached is not None and cached[1] - time.time() > RENEW_BEFORE_EXPIRY_SECONDS:
         return cached[0]
@@ -144,21 +150,25 @@ def _assumed(
         "Action": "AssumeRole", "Version": "2011-06-15", "RoleArn": role,
         "RoleSessionName": "azure_ai_sim", "DurationSeconds": str(ASSUMED_ROLE_SECONDS),
     }).encode()  # fmt: skip
-    url = _endpoint_url(STS, settings, region) + "/"
     headers = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
     request = transport.Request(
         "POST", url, _sign(STS, region, base, url, body, headers), body, MAX_RESPONSE_BYTES,
         secrets=tuple(filter(None, (base.secret_key, base.token))),
     )  # fmt: skip
     reply = transport.send(request, deadline, transport.RetryPolicy(max_attempts=3))
-    found = {
-        element.tag.rsplit("}", 1)[-1]: element.text
-        for element in ElementTree.fromstring(reply.body).iter()
-    }
-    credentials = ReadOnlyCredentials(
-        found["AccessKeyId"], found["SecretAccessKey"], found["SessionToken"]
-    )
-    _assumed_roles[key] = (credentials, time.time() + ASSUMED_ROLE_SECONDS)
+    try:
+        found = {
+            e.tag.rsplit("}", 1)[-1]: e.text for e in ElementTree.fromstring(reply.body).iter()
+        }
+        credentials = ReadOnlyCredentials(
+            found["AccessKeyId"], found["SecretAccessKey"], found["SessionToken"]
+        )
+        expires = calendar.timegm(time.strptime(found["Expiration"][:19], "%Y-%m-%dT%H:%M:%S"))
+    except (ElementTree.ParseError, KeyError, ValueError, TypeError):
+        raise errors.InvalidResponse(
+            f"STS answered AssumeRole with no credentials in it: {reply.body[:100]!r}"
+        ) from None
+    _assumed_roles[key] = (credentials, expires)
     return credentials
 
 

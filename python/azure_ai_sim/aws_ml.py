@@ -70,26 +70,43 @@ def invoke_endpoint(
         )
     path = "/endpoints/" + _path_part(endpoint_name) + "/invocations"
     settings = SETTINGS.snapshot()
+    accept = settings.get(f"sagemaker.{endpoint_name}.accept", "text/csv")
     headers = {
         "Content-Type": settings.get(f"sagemaker.{endpoint_name}.content_type", "text/csv"),
-        "Accept": settings.get(f"sagemaker.{endpoint_name}.accept", "text/csv"),
+        "Accept": accept,
     }
     response = aws.call(aws.SAGEMAKER, settings, path, body, headers)
-    return sagemaker_output(response.body.decode("utf-8", "replace"))
+    text = response.body.decode("utf-8", "replace").removesuffix("\n").removesuffix("\r")
+    return sagemaker_output(text) if accept == "text/csv" else text
 
 
 def csv_record(fields: list[str | None]) -> str:
-    """Fields in order; NULL is an empty field; quoted where RFC 4180 asks for it."""
+    """Fields in order; NULL is an empty field; quoted where RFC 4180 asks for it (a CR
+    too: the writer quotes what its line terminator holds)."""
+    if len(fields) == 1 and not fields[0]:
+        return "\n"  # the writer would send "" to tell an empty record from no record
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(["" if f is None else f for f in fields])
-    return buffer.getvalue()
+    csv.writer(buffer, lineterminator="\r\n").writerow(["" if f is None else f for f in fields])
+    return buffer.getvalue().removesuffix("\r\n") + "\n"
 
 
 def sagemaker_output(text: str) -> str:
-    text = text.removesuffix("\n").removesuffix("\r")
-    if "\n" not in text and "," in text and not text.startswith("("):
-        return f"({text})"
-    return text
+    """A CSV answer as text; one record of several values as a row literal, "(a,b)", so
+    that it casts to a composite type."""
+    if "\n" in text or "," not in text:
+        return text
+    try:
+        (record,) = csv.reader(io.StringIO(text))
+    except (ValueError, csv.Error):
+        return text
+    if len(record) < 2:
+        return text
+    return "(" + ",".join(_row_field(field) for field in record) + ")"
+
+
+def _row_field(field: str) -> str:
+    """A field of a row literal: quoted, with quotes and backslashes doubled."""
+    return '"' + field.replace("\\", "\\\\").replace('"', '""') + '"'
 
 
 @pg.sql_function("aws_comprehend.detect_sentiment")
