@@ -71,10 +71,8 @@ def call(
 
 
 def _seconds_allowed() -> float:
-    from azure_ai_sim import pg
-
-    left = pg.statement_seconds_left()
-    return min(DEFAULT_TIMEOUT_SECONDS, left + 0.5) if left is not None else DEFAULT_TIMEOUT_SECONDS
+    left = transport.statement_seconds_left()
+    return min(DEFAULT_TIMEOUT_SECONDS, left) if left is not None else DEFAULT_TIMEOUT_SECONDS
 
 
 def _botocore() -> Any:

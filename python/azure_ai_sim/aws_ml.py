@@ -14,6 +14,7 @@ ROLE_ARN = pattern(
     r"arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@/-]{1,512}",
     "an IAM role ARN such as arn:aws:iam::123456789012:role/name",
 )
+MEDIA_TYPE = pattern(r"[\w.+-]+/[\w.+-]+", "a media type")
 SETTINGS = SettingsTable(
     "aws_ml.settings",
     {
@@ -30,8 +31,8 @@ SETTINGS = SettingsTable(
         "aws_session_token": secret,
     },
     families={
-        "sagemaker.<endpoint>.content_type": pattern(r"[\w.+-]+/[\w.+-]+", "a media type"),
-        "sagemaker.<endpoint>.accept": pattern(r"[\w.+-]+/[\w.+-]+", "a media type"),
+        "sagemaker.<endpoint>.content_type": MEDIA_TYPE,
+        "sagemaker.<endpoint>.accept": MEDIA_TYPE,
     },
 )
 # SageMaker's request limit: larger inputs fail here, before anything is sent.

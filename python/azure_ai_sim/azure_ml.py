@@ -12,8 +12,6 @@ from azure_ai_sim.azure_ai import SETTINGS
 
 # timeout_ms NULL without a statement_timeout: Azure ML's own longest request timeout.
 DEFAULT_TIMEOUT_MS = 180_000
-# When statement_timeout is the limit, PostgreSQL's own timer should end the statement.
-STATEMENT_TIMEOUT_GRACE_SECONDS = 0.5
 DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 MAX_RESPONSE_BYTES_SETTING = "azure_ai.max_response_bytes"
 AUDIENCE = "https://ml.azure.com"
@@ -129,14 +127,11 @@ def _not_in_jsonb(constant: str) -> None:
 
 def _seconds_allowed(timeout_ms: int | None) -> float:
     """timeout_ms, and never more than what statement_timeout leaves of the statement."""
-    if timeout_ms is not None and timeout_ms <= 0:
-        raise errors.InvalidParameter(f"timeout_ms must be positive, not {timeout_ms}")
-    left = pg.statement_seconds_left()
-    if left is not None:
-        left += STATEMENT_TIMEOUT_GRACE_SECONDS
-    if timeout_ms is None:
+    seconds = transport.timeout_seconds(timeout_ms)
+    left = transport.statement_seconds_left()
+    if seconds is None:
         return left if left is not None else DEFAULT_TIMEOUT_MS / 1000
-    return min(timeout_ms / 1000, left) if left is not None else timeout_ms / 1000
+    return min(seconds, left) if left is not None else seconds
 
 
 def _at_least(name: str, value: int | None, minimum: int, *, default: int) -> int:

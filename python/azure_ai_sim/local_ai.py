@@ -7,11 +7,10 @@ import gc
 import json
 import os
 import re
-import time
 from pathlib import Path
 from typing import Any
 
-from azure_ai_sim import errors, pg
+from azure_ai_sim import errors, pg, transport
 from azure_ai_sim.embeddings import Model, Threads, file_facts, readable_file
 from azure_ai_sim.settings import SettingsTable, one_of, pattern
 
@@ -82,12 +81,9 @@ _malloc_trim: Any = None
 
 
 def _deadline(timeout_ms: int | None) -> Any:
-    if timeout_ms is None:
-        return None
-    if timeout_ms <= 0:
-        raise errors.InvalidParameter(f"timeout_ms must be positive, not {timeout_ms}")
-    end = time.monotonic() + timeout_ms / 1000
-    return lambda: end - time.monotonic()
+    """What Model.embed looks at between batches: seconds left, or None for no limit."""
+    seconds = transport.timeout_seconds(timeout_ms)
+    return None if seconds is None else transport.Deadline(seconds).left
 
 
 def _model(model_uri: str | None) -> Model:
@@ -114,43 +110,29 @@ def _threads() -> Threads:
 
 # --- the registry ---------------------------------------------------------------------------
 
-_registry_rows: dict[str, dict[str, Any]] = {}
-_registry_statement: int | None = None
+
+def _read_registry() -> dict[str, dict[str, Any]]:
+    rows = pg.execute(
+        "SELECT model_uri, model_path, tokenizer_path, metadata::text, builtin"
+        " FROM azure_local_ai.models"
+    )
+    return {row["model_uri"]: {**row, "metadata": json.loads(row["metadata"])} for row in rows}
 
 
-def _registry() -> dict[str, dict[str, Any]]:
-    """The registered models as this statement sees them: one query per statement."""
-    global _registry_rows, _registry_statement
-    statement = pg.statement_id()
-    if statement != _registry_statement:
-        rows = pg.execute(
-            "SELECT model_uri, model_path, tokenizer_path, metadata::text, builtin"
-            " FROM azure_local_ai.models"
-        )
-        _registry_rows = {row["model_uri"]: _decoded(row) for row in rows}
-        _registry_statement = statement
-    return _registry_rows
-
-
-def _decoded(row: dict[str, Any]) -> dict[str, Any]:
-    return {**row, "metadata": json.loads(row["metadata"])}
+# The registered models as this statement sees them.
+_registry = pg.PerStatement(_read_registry)
 
 
 def _registered(model_uri: str | None) -> dict[str, Any]:
     if model_uri is None:
         raise errors.NullValueNotAllowed("model_uri must not be NULL")
-    registry = _registry()
+    registry = _registry.get()
     if model_uri not in registry:
         raise errors.InvalidParameter(
             f'model "{model_uri}" is not registered',
             detail="Registered models: " + ", ".join(sorted(registry)) + ".",
         )
     return registry[model_uri]
-
-
-def _forget_registry() -> None:
-    global _registry_statement
-    _registry_statement = None
 
 
 @pg.sql_function("azure_local_ai.model_register")
@@ -163,7 +145,7 @@ def model_register(
         raise errors.InvalidParameter(
             "model_uri must be a name such as my-model:v1 (letters, digits, . _ - /, one :)"
         )
-    if model_uri in _registry():
+    if model_uri in _registry.get():
         raise errors.InvalidParameter(
             f'model "{model_uri}" is already registered',
             hint="Unregister it first with azure_local_ai.model_unregister.",
@@ -199,7 +181,7 @@ def model_register(
         ["text", "text", "text", "text"],
         [model_uri, model_path, tokenizer_path, json.dumps(metadata)],
     )
-    _forget_registry()
+    _registry.forget()
     _loaded[model_uri] = model
     return rows[0]["id"]
 
@@ -221,7 +203,7 @@ def model_unregister(model_uri: str | None) -> None:
     if row["builtin"]:
         raise errors.InvalidParameter(f'model "{model_uri}" is built in and stays registered')
     pg.execute("DELETE FROM azure_local_ai.models WHERE model_uri = $1", ["text"], [model_uri])
-    _forget_registry()
+    _registry.forget()
     _unload(model_uri)
 
 

@@ -11,11 +11,12 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from azure_ai_sim import errors
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 _plans: dict[str, Any] = {}
 _error_classes: dict[str, type] = {}
@@ -73,6 +74,26 @@ def statement_id() -> int:
     return _postgres().statement_start()
 
 
+class PerStatement(Generic[T]):
+    """A value read with SQL at most once per statement, not per row, and again after
+    forget(): another session's change shows from our next statement on, our own at once."""
+
+    def __init__(self, load: Callable[[], T]):
+        self._load = load
+        self._value: T | None = None
+        self._statement: int | None = None
+
+    def get(self) -> T:
+        statement = statement_id()
+        if statement != self._statement:
+            self._value = self._load()
+            self._statement = statement
+        return self._value  # type: ignore[return-value]
+
+    def forget(self) -> None:
+        self._statement = None
+
+
 STATEMENT_TIMEOUT = 3  # TimeoutId in PostgreSQL's utils/timeout.h
 
 
@@ -97,7 +118,7 @@ def check_for_interrupts() -> None:
     Reading the flag costs nothing; only when it is set do we run a statement, during
     which PostgreSQL processes the interrupt and raises its own error (57014 and others).
     """
-    if not _postgres().interrupt_pending.value:
+    if not _interrupt_pending():
         return
     import plpy
 
@@ -105,6 +126,21 @@ def check_for_interrupts() -> None:
         execute("SELECT 1")
     except plpy.SPIError as interrupt:
         raise errors.Interrupted(str(interrupt), sqlstate=interrupt.sqlstate) from None
+
+
+_outside_postgres = False
+
+
+def _interrupt_pending() -> bool:
+    """PostgreSQL's InterruptPending; plain Python (a simulator) has nothing to cancel."""
+    global _outside_postgres
+    if _outside_postgres:
+        return False
+    try:
+        return bool(_postgres().interrupt_pending.value)
+    except AttributeError:  # the executable is not postgres: no backend symbols
+        _outside_postgres = True
+        return False
 
 
 def sleep(seconds: float) -> None:

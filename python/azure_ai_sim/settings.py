@@ -73,20 +73,15 @@ class SettingsTable:
         self.families = {
             _family_pattern(shown): (shown, check) for shown, check in (families or {}).items()
         }
-        self._snapshot: dict[str, str] = {}
-        self._snapshot_statement: int | None = None
+        self._snapshot = pg.PerStatement(self._read_all)
 
     def snapshot(self) -> dict[str, str]:
-        """All settings as this statement sees them: one query per statement, not per row.
+        """All settings as this statement sees them (see pg.PerStatement)."""
+        return self._snapshot.get()
 
-        Another session's change shows from our next statement on; our own at once.
-        """
-        statement = pg.statement_id()
-        if statement != self._snapshot_statement:
-            rows = pg.execute(f"SELECT key, value FROM {self.table}")
-            self._snapshot = {row["key"]: row["value"] for row in rows}
-            self._snapshot_statement = statement
-        return self._snapshot
+    def _read_all(self) -> dict[str, str]:
+        rows = pg.execute(f"SELECT key, value FROM {self.table}")
+        return {row["key"]: row["value"] for row in rows}
 
     def validate(self, key: str | None, value: str | None) -> str:
         """Returns the key once it and the value are known to be acceptable."""
@@ -122,7 +117,7 @@ class SettingsTable:
     def set(self, key: str | None, value: str | None) -> None:
         """Stores the value in one statement; NULL removes the setting."""
         key = self.validate(key, value)
-        self._snapshot_statement = None
+        self._snapshot.forget()
         if value is None:
             pg.execute(f"DELETE FROM {self.table} WHERE key = $1", ["text"], [key])
         else:

@@ -35,6 +35,10 @@ SERVICE_MESSAGE_CHARS = 500
 REQUEST_ID_HEADERS = ("x-ms-request-id", "x-request-id", "x-amzn-requestid")
 
 
+# When statement_timeout is the limit, PostgreSQL's own timer should end the statement.
+STATEMENT_TIMEOUT_GRACE_SECONDS = 0.5
+
+
 class Deadline:
     """A point in time that the whole call, retries and waits included, must not pass."""
 
@@ -44,6 +48,21 @@ class Deadline:
 
     def left(self) -> float:
         return max(self.end - time.monotonic(), 0.0)
+
+
+def timeout_seconds(timeout_ms: int | None) -> float | None:
+    """A timeout_ms argument in seconds; NULL stays None, and it must be positive."""
+    if timeout_ms is None:
+        return None
+    if timeout_ms <= 0:
+        raise errors.InvalidParameter(f"timeout_ms must be positive, not {timeout_ms}")
+    return timeout_ms / 1000
+
+
+def statement_seconds_left() -> float | None:
+    """Until the statement's statement_timeout timer fires, plus a grace; None unarmed."""
+    left = pg.statement_seconds_left()
+    return None if left is None else left + STATEMENT_TIMEOUT_GRACE_SECONDS
 
 
 @dataclass

@@ -175,13 +175,7 @@ class E5:
 
         from azure_ai_sim.embeddings import MAX_RUN_BATCH
 
-        model = self._loaded()
-        ids = model.tokenizer.encode(texts, E5_MAX_TOKENS)
-        # Model.embed would look for PostgreSQL's interrupts between batches; run them here.
-        batches = [
-            model._run(ids[i : i + MAX_RUN_BATCH]) for i in range(0, len(ids), MAX_RUN_BATCH)
-        ]
-        return numpy.concatenate(batches)
+        return numpy.stack(self._loaded().embed(texts, MAX_RUN_BATCH))
 
 
 @functools.cache
