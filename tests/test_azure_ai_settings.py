@@ -24,7 +24,14 @@ INVALID = [
     ("azure_ml.scoring_endpoint", "ftp://x.example/score", "must be an http:// or https:// URL"),
     ("azure_ml.scoring_endpoint", "x.example/score", "must be an http:// or https:// URL"),
     ("azure_ml.scoring_endpoint", "https:/x.example", "must be an http:// or https:// URL"),
-    ("azure_openai.endpoint", " https://x.example", "must be an http:// or https:// URL"),
+    ("azure_openai.endpoint", " https://x.example", "must be a URL of RFC 3986"),
+    ("azure_ml.scoring_endpoint", "http://x.example/e200json a b", "must be a URL of RFC 3986"),
+    ("azure_ml.scoring_endpoint", "http://x.example/s\tcore", "must be a URL of RFC 3986"),
+    ("azure_ml.scoring_endpoint", "http://x.example/sc\x7fore", "must be a URL of RFC 3986"),
+    ("azure_ml.scoring_endpoint", "http://x.example/scöre", "must be a URL of RFC 3986"),
+    ("azure_ml.scoring_endpoint", "http://x.example/score%2", "must be a URL of RFC 3986"),
+    ("azure_ml.scoring_endpoint", "http:///score", "must be an http:// or https:// URL"),
+    ("azure_ml.scoring_endpoint", "https://x.example/score#part", "must not have a #fragment"),
     ("azure_openai.endpoint", "https://x.example:99999", "has an invalid port"),
     ("azure_ml.auth_type", "api-key", "must be one of: subscription-key, managed-identity"),
     ("azure_cognitive.auth_type", "", "must be one of: subscription-key, managed-identity"),
@@ -69,17 +76,31 @@ def test_overwrite_and_remove_with_null(conn):
 
 def test_unknown_key_lists_the_valid_keys(conn):
     with pytest.raises(psycopg.errors.InvalidParameterValue) as caught:
-        get_setting(conn, "azure_ml.endpoint")
+        get_setting(conn, "azure_ml.endpoint_keys")
     diag = caught.value.diag
-    assert diag.message_primary == 'azure_ai.get_setting: unknown setting key "azure_ml.endpoint"'
+    assert diag.message_primary == (
+        "azure_ai.get_setting: unknown setting key (not shown, in case a secret was given "
+        "as the key)"
+    )
     assert diag.message_detail == "Valid keys: " + ", ".join(sorted(VALID)) + "."
+    assert diag.message_hint == 'Did you mean "azure_ml.endpoint_key"?'
 
 
-def test_a_secret_given_as_key_is_not_echoed(conn):
-    with pytest.raises(psycopg.errors.InvalidParameterValue) as caught:
-        set_setting(conn, "sk-Secret/Key+1==", "azure_ml.endpoint_key")
-    assert caught.value.diag.message_primary == "azure_ai.set_setting: unknown setting key"
-    assert "sk-Secret" not in str(caught.value)
+@pytest.mark.parametrize(
+    "key", ["sk-Secret/Key+1==", "d41d8cd98f00b204e9800998ecf8427e", "abcdefghijklmnop"]
+)
+def test_a_secret_given_as_key_is_not_echoed(conn, key):
+    """Key and value swapped: lowercase hex, the shape of Azure keys, looks like a key name."""
+    for call in (
+        lambda: set_setting(conn, key, "azure_openai.subscription_key"),
+        lambda: get_setting(conn, key),
+    ):
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as caught:
+            call()
+        diag = caught.value.diag
+        assert "unknown setting key (not shown" in diag.message_primary
+        shown = f"{diag.message_primary} {diag.message_detail} {diag.message_hint}"
+        assert key[:8] not in shown and key[-8:] not in shown
 
 
 def test_null_key(conn):

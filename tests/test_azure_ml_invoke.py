@@ -156,7 +156,7 @@ def test_non_json_success_shows_the_first_bytes(conn, azureml):
     assert error.sqlstate == "22032"
     assert error.diag.message_primary == (
         "azure_ml.invoke: the endpoint answered HTTP 200 with a body that is not JSON "
-        "PostgreSQL accepts: b'<html>gateway says hi</html>'"
+        "PostgreSQL accepts: '<html>gateway says hi</html>'"
     )
 
 

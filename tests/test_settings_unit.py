@@ -16,7 +16,10 @@ def test_http_url_accepts(url):
 
 @pytest.mark.parametrize(
     "url",
-    ["", "x.example", "ftp://x.example", "https://", "https://:80", "https://x:0x1", " http://x"],
+    [
+        *("", "x.example", "ftp://x.example", "https://", "https://:80", "https://x:0x1"),
+        *(" http://x", "http://x/a b", "http://x/\u00e9", "http://x/%zz", "http://x/#f"),
+    ],
 )
 def test_http_url_rejects(url):
     with pytest.raises(ValueError):
@@ -45,7 +48,5 @@ def test_validate_reports_sqlstates():
     with pytest.raises(errors.InvalidParameter) as caught:
         SETTINGS.validate("azure_ml.auth_type", "token")
     assert caught.value.sqlstate == "22023"
-    with pytest.raises(errors.InvalidParameter, match='^unknown setting key "nope"$'):
+    with pytest.raises(errors.InvalidParameter, match=r"^unknown setting key \(not shown"):
         SETTINGS.validate("nope", "x")
-    with pytest.raises(errors.InvalidParameter, match="^unknown setting key$"):
-        SETTINGS.validate("x" * 65, "x")

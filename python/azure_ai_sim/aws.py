@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlencode
 from xml.etree import ElementTree
 
-from azure_ai_sim import errors, transport
+from azure_ai_sim import errors, redaction, transport
 
 
 @dataclass(frozen=True)
@@ -64,10 +64,18 @@ def call(
         credentials = _assumed(role, credentials, settings, region, deadline)
     signed = _sign(service, region, credentials, url, body, headers)
     request = transport.Request(
-        "POST", url, signed, body, MAX_RESPONSE_BYTES,
-        secrets=tuple(filter(None, (credentials.secret_key, credentials.token))),
-    )  # fmt: skip
+        "POST", url, signed, body, MAX_RESPONSE_BYTES, secrets=_secrets(credentials, signed)
+    )
     return transport.send(request, deadline, transport.RetryPolicy(max_attempts=3))
+
+
+def _secrets(credentials: Any, signed: dict[str, str]) -> tuple[str, ...]:
+    """What must not be shown of a signed request: the secret key, the session token (AWS
+    echoes the canonical request, token included, when a signature does not match) and
+    the signature itself. The first two are remembered for every message of the backend."""
+    redaction.remember(credentials.secret_key, credentials.token)
+    signature = signed.get("Authorization", "").rpartition("Signature=")[2]
+    return tuple(filter(None, (credentials.secret_key, credentials.token, signature)))
 
 
 def _seconds_allowed() -> float:
@@ -149,10 +157,10 @@ def _assumed(
         "RoleSessionName": "azure_ai_sim", "DurationSeconds": str(ASSUMED_ROLE_SECONDS),
     }).encode()  # fmt: skip
     headers = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
+    signed = _sign(STS, region, base, url, body, headers)
     request = transport.Request(
-        "POST", url, _sign(STS, region, base, url, body, headers), body, MAX_RESPONSE_BYTES,
-        secrets=tuple(filter(None, (base.secret_key, base.token))),
-    )  # fmt: skip
+        "POST", url, signed, body, MAX_RESPONSE_BYTES, secrets=_secrets(base, signed)
+    )
     reply = transport.send(request, deadline, transport.RetryPolicy(max_attempts=3))
     try:
         found = {
@@ -164,8 +172,10 @@ def _assumed(
         expires = calendar.timegm(time.strptime(found["Expiration"][:19], "%Y-%m-%dT%H:%M:%S"))
     except (ElementTree.ParseError, KeyError, ValueError, TypeError):
         raise errors.InvalidResponse(
-            f"STS answered AssumeRole with no credentials in it: {reply.body[:100]!r}"
+            "STS answered AssumeRole with no credentials in it: "
+            + repr(redaction.excerpt(reply.body, 100, request.secrets))
         ) from None
+    redaction.remember(credentials.secret_key, credentials.token)
     _assumed_roles[key] = (credentials, expires)
     return credentials
 

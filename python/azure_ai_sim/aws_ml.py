@@ -7,7 +7,7 @@ import io
 import json
 from typing import Any
 
-from azure_ai_sim import aws, errors, pg
+from azure_ai_sim import aws, errors, pg, redaction
 from azure_ai_sim.settings import SettingsTable, http_url, pattern, secret
 
 ROLE_ARN = pattern(
@@ -60,10 +60,7 @@ def invoke_endpoint(
     row literal, "(a,b)", so that it casts to a composite type."""
     if not endpoint_name:
         raise errors.InvalidParameter("endpoint_name must not be NULL or empty")
-    if max_rows_per_batch is not None and max_rows_per_batch < 1:
-        raise errors.InvalidParameter(
-            f"max_rows_per_batch must be at least 1, not {max_rows_per_batch}"
-        )
+    _check_batch_size(max_rows_per_batch)
     body = csv_record(fields).encode()
     if len(body) > MAX_SAGEMAKER_BODY:
         raise errors.InvalidParameter(
@@ -79,6 +76,14 @@ def invoke_endpoint(
     response = aws.call(aws.SAGEMAKER, settings, path, body, headers)
     text = response.body.decode("utf-8", "replace").removesuffix("\n").removesuffix("\r")
     return sagemaker_output(text) if accept == "text/csv" else text
+
+
+def _check_batch_size(max_rows_per_batch: int | None) -> None:
+    """NULL lets the batch size be chosen, as on Aurora; otherwise at least one row."""
+    if max_rows_per_batch is not None and max_rows_per_batch < 1:
+        raise errors.InvalidParameter(
+            f"max_rows_per_batch must be at least 1, not {max_rows_per_batch}"
+        )
 
 
 def csv_record(fields: list[str | None]) -> str:
@@ -114,6 +119,7 @@ def _row_field(field: str) -> str:
 def detect_sentiment(
     input_text: str | None, language_code: str | None, max_rows_per_batch: int | None
 ) -> tuple[str, float] | None:
+    _check_batch_size(max_rows_per_batch)
     if input_text is None or language_code is None:
         return None
     size = len(input_text.encode())
@@ -127,9 +133,27 @@ def detect_sentiment(
         "X-Amz-Target": "Comprehend_20171127.DetectSentiment",
     }
     response = aws.call(aws.COMPREHEND, SETTINGS.snapshot(), "/", body, headers)
-    result = _json(response.body, "Comprehend")
-    sentiment = result["Sentiment"]
-    return sentiment, result["SentimentScore"][sentiment.capitalize()]
+    return sentiment_and_score(_json(response.body, "Comprehend"))
+
+
+SENTIMENTS = ("POSITIVE", "NEGATIVE", "NEUTRAL", "MIXED")
+
+
+def sentiment_and_score(result: Any) -> tuple[str, float]:
+    """DetectSentiment's answer as (sentiment, its score), once it is known to hold them."""
+    try:
+        sentiment = result["Sentiment"]
+        score = result["SentimentScore"][sentiment.capitalize()]
+        if sentiment not in SENTIMENTS or type(score) not in (int, float):
+            raise TypeError
+    except (KeyError, TypeError, AttributeError):
+        raise errors.InvalidResponse(
+            "Comprehend answered DetectSentiment without a Sentiment of "
+            + "/".join(SENTIMENTS)
+            + " and its SentimentScore: "
+            + repr(redaction.excerpt(json.dumps(result), 100))
+        ) from None
+    return sentiment, float(score)
 
 
 @pg.sql_function("aws_bedrock.invoke_model")
@@ -191,5 +215,6 @@ def _json(body: bytes, service: str) -> Any:
         return json.loads(body)
     except ValueError:
         raise errors.InvalidResponse(
-            f"{service} answered with a body that is not JSON: {body[:100]!r}"
+            f"{service} answered with a body that is not JSON: "
+            + repr(redaction.excerpt(body, 100))
         ) from None

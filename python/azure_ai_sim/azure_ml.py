@@ -7,7 +7,7 @@ import re
 import uuid
 
 import azure_ai_sim
-from azure_ai_sim import errors, identity, pg, transport
+from azure_ai_sim import errors, identity, pg, redaction, transport
 from azure_ai_sim.azure_ai import SETTINGS
 
 # timeout_ms NULL without a statement_timeout: Azure ML's own longest request timeout.
@@ -46,24 +46,15 @@ def invoke(
             'setting "azure_ml.scoring_endpoint" is not set',
             hint="SELECT azure_ai.set_setting('azure_ml.scoring_endpoint', '<scoring URI>');",
         )
-    secret = None
     try:
         secret = _credential(settings, deadline)
         response = _score(input_data, endpoint, secret, deployment_name, deadline, policy)
         return _json_text(response)
     except errors.CallFailed as failure:
-        _redact(failure, secret)
         if throw_on_error is False:
             pg.warning(failure, "azure_ml.invoke")
             return None
         raise
-
-
-def _redact(failure: errors.CallFailed, secret: str | None) -> None:
-    """Whatever a service or proxy echoed, the key or token does not reach SQL."""
-    if secret:
-        failure.message = transport.redact(failure.message, (secret,))
-        failure.detail = failure.detail and transport.redact(failure.detail, (secret,))
 
 
 def _score(
@@ -91,6 +82,8 @@ def _score(
         payload.encode(),
         max_response_bytes=_max_response_bytes(),
         secrets=(secret,) if secret else (),
+        max_response_hint=f"Raise {MAX_RESPONSE_BYTES_SETTING} if the response is expected "
+        "to be this large.",
     )
     return transport.send(request, deadline, policy)
 
@@ -114,7 +107,7 @@ def _json_text(response: transport.Response) -> str:
     except (ValueError, RecursionError):
         raise errors.InvalidResponse(
             f"the endpoint answered HTTP {response.status} with a body that is not JSON "
-            f"PostgreSQL accepts: {response.body[:100]!r}",
+            f"PostgreSQL accepts: {redaction.excerpt(response.body, 100)!r}",
             request_id=response.request_id,
             detail=f"request id: {response.request_id}." if response.request_id else None,
         ) from None

@@ -75,6 +75,12 @@ class ConnectFailed(CallFailed):
     sqlstate = "58030"  # io_error
 
 
+class TLSFailed(CallFailed):
+    """The TLS handshake failed, an untrusted certificate most often: retrying cannot help."""
+
+    sqlstate = "58030"  # io_error
+
+
 class ConnectionLost(CallFailed):
     sqlstate = "58030"  # io_error
 

@@ -9,10 +9,11 @@ Tokens are cached per backend until shortly before they expire.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
-from azure_ai_sim import errors, transport
+from azure_ai_sim import errors, redaction, transport
 
 REFRESH_BEFORE_EXPIRY_SECONDS = 300
 
@@ -31,6 +32,7 @@ def bearer_token(audience: str, deadline: transport.Deadline) -> str:
                 f"no managed-identity token for {audience} within {deadline.seconds * 1000:.0f} ms"
             ) from None
         _tokens[scope] = token
+    redaction.remember(token.token)
     return token.token
 
 
@@ -55,7 +57,23 @@ def _get_token(scope: str) -> Any:
     try:
         return _credential.get_token(scope)
     except ClientAuthenticationError as error:
-        reason = transport.service_message(str(error.message or error).encode())
+        reason = transport.service_message(_reasons(str(error.message or error)).encode())
         raise errors.CallFailed(
             f"could not get a managed-identity token for {scope}: {reason}", sqlstate="28000"
         ) from None
+
+
+def _reasons(message: str) -> str:
+    """azure-identity lists every credential it tried, each with troubleshooting links,
+    and the managed identity's reason comes last, where a shortened message loses it. So:
+    each credential's reason, the managed identity's first, without the links."""
+    attempts = re.findall(r"^\t(\w+Credential): (.*)$", message, re.MULTILINE)
+    if not attempts:
+        return message
+    attempts.sort(key=lambda attempt: attempt[0] != "ManagedIdentityCredential")
+    return "; ".join(f"{name}: {_without_links(reason)}" for name, reason in attempts)
+
+
+def _without_links(reason: str) -> str:
+    sentences = re.split(r"(?<=\.) ", reason)
+    return " ".join(sentence for sentence in sentences if "://" not in sentence).strip()

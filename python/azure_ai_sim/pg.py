@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-from azure_ai_sim import errors
+from azure_ai_sim import errors, redaction
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -36,6 +36,9 @@ class _Backend:
         self.is_in_parallel_mode.argtypes = []
         self.interrupt_pending = ctypes.c_int.in_dll(postgres, "InterruptPending")
         self.statement_start = postgres.GetCurrentStatementStartTimestamp
+        self.subtransaction = postgres.GetCurrentSubTransactionId
+        self.subtransaction.restype = ctypes.c_uint32  # SubTransactionId
+        self.subtransaction.argtypes = []
         self.now = postgres.GetCurrentTimestamp
         for clock in (self.statement_start, self.now):
             clock.restype = ctypes.c_int64  # TimestampTz: microseconds
@@ -69,19 +72,25 @@ def in_parallel_mode() -> bool:
     return _postgres().is_in_parallel_mode()
 
 
-def statement_id() -> int:
-    """Changes with every top-level statement: the key of per-statement caches."""
-    return _postgres().statement_start()
+def statement_id() -> tuple[int, int]:
+    """The key of per-statement caches: it changes with every top-level statement and
+    with every subtransaction, so that a value read after a write that a savepoint or an
+    EXCEPTION block then rolled back is never used again. (Subtransaction ids are never
+    reused within a transaction; a statement's start alone is shared by all statements of
+    one simple-protocol query string.)"""
+    backend = _postgres()
+    return backend.statement_start(), backend.subtransaction()
 
 
 class PerStatement(Generic[T]):
     """A value read with SQL at most once per statement, not per row, and again after
-    forget(): another session's change shows from our next statement on, our own at once."""
+    forget(): another session's change shows from our next statement on, our own at once,
+    and a rolled-back change of ours never."""
 
     def __init__(self, load: Callable[[], T]):
         self._load = load
         self._value: T | None = None
-        self._statement: int | None = None
+        self._statement: tuple[int, int] | None = None
 
     def get(self) -> T:
         statement = statement_id()
@@ -169,7 +178,32 @@ def execute(query: str, types: Sequence[str] = (), args: Sequence[Any] = ()) -> 
     plan = _plans.get(query)
     if plan is None:
         plan = _plans[query] = plpy.prepare(query, list(types))
-    return list(plpy.execute(plan, list(args)))
+    try:
+        return list(plpy.execute(plan, list(args)))
+    except plpy.SPIError as error:
+        if error.sqlstate == LOCK_NOT_AVAILABLE and _lock_limit[0] == statement_id():
+            raise errors.TimedOut(
+                f"timeout_ms ({_lock_limit[1]} ms) passed while waiting for a lock"
+            ) from None
+        raise
+
+
+LOCK_NOT_AVAILABLE = "55P03"
+# The statement and the limit in ms of the last lock_wait_limit.
+_lock_limit: tuple[tuple[int, int] | None, int] = (None, 0)
+
+
+def lock_wait_limit(seconds: float) -> None:
+    """Lets the lock waits of this function call's SQL last at most `seconds`, which then
+    end as errors.TimedOut. set_config(..., true) lasts until the function returns,
+    since every function of ours has a SET clause (PostgreSQL undoes a SET LOCAL made
+    inside such a function when it exits)."""
+    global _lock_limit
+    milliseconds = max(1, round(seconds * 1000))
+    execute(
+        "SELECT pg_catalog.set_config('lock_timeout', $1, true)", ["text"], [f"{milliseconds}ms"]
+    )
+    _lock_limit = (statement_id(), milliseconds)
 
 
 def sql_error(error: errors.Error, source: str) -> Exception:
@@ -183,10 +217,10 @@ def sql_error(error: errors.Error, source: str) -> Exception:
     cls = _error_classes.get(source)
     if cls is None:
         cls = _error_classes[source] = type(source, (plpy.Error,), {"__module__": "builtins"})
-    exception = cls(error.message)
+    exception = cls(redaction.scrub(error.message))
     exception.sqlstate = error.sqlstate
-    exception.detail = error.detail
-    exception.hint = error.hint
+    exception.detail = error.detail and redaction.scrub(error.detail)
+    exception.hint = error.hint and redaction.scrub(error.hint)
     return exception
 
 
@@ -195,11 +229,18 @@ def warning(error: errors.Error, source: str) -> None:
     import plpy
 
     extra = {"detail": error.detail, "hint": error.hint, "sqlstate": error.sqlstate}
-    plpy.warning(f"{source}: {error.message}", **{k: v for k, v in extra.items() if v})
+    plpy.warning(
+        redaction.scrub(f"{source}: {error.message}"),
+        **{k: redaction.scrub(v) for k, v in extra.items() if v},
+    )
 
 
 def sql_function(name: str) -> Callable[[F], F]:
-    """Marks an entry point called from a PL/Python body; our errors become SQL errors."""
+    """Marks an entry point called from a PL/Python body; our errors become SQL errors.
+
+    PostgreSQL's own errors (plpy.SPIError: a cancel, a constraint) pass as they are; any
+    other exception is a bug of ours, reported as XX000 without PL/Python's traceback,
+    and like every message scrubbed of secrets."""
 
     def decorate(function: F) -> F:
         @functools.wraps(function)
@@ -208,6 +249,13 @@ def sql_function(name: str) -> Callable[[F], F]:
                 return function(*args)
             except errors.Error as error:
                 raise sql_error(error, name) from None
+            except Exception as bug:
+                import plpy
+
+                if isinstance(bug, plpy.SPIError):
+                    raise
+                internal = errors.Error(f"internal error: {type(bug).__name__}: {bug}")
+                raise sql_error(internal, name) from None
 
         return entry_point  # type: ignore[return-value]
 

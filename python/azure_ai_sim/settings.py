@@ -7,15 +7,14 @@ never echoed in errors: several of them are keys or tokens.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from azure_ai_sim import errors, pg
+from azure_ai_sim import errors, pg, redaction
 
 Check = Callable[[str], None]  # raises ValueError with a reason that does not quote the value
-
-_KEY_SHAPE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
 
 
 def _family_pattern(shown: str) -> re.Pattern[str]:
@@ -23,12 +22,26 @@ def _family_pattern(shown: str) -> re.Pattern[str]:
     return re.compile("[A-Za-z0-9-]{1,63}".join(map(re.escape, re.split(r"<[a-z_]+>", shown))))
 
 
+# RFC 3986: what a URI may hold, unreserved, reserved and percent-encoded characters;
+# no spaces, no control characters, nothing outside ASCII.
+_URI_CHARACTERS = re.compile(r"([A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})*")
+
+
 def http_url(value: str) -> None:
+    """An http or https URL with a host, as RFC 3986 spells it: what goes into the request
+    line must be exactly what was checked here."""
+    if not _URI_CHARACTERS.fullmatch(value):
+        raise ValueError(
+            "must be a URL of RFC 3986: no spaces, control or non-ASCII characters "
+            "(percent-encode them)"
+        )
     parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname or value != value.strip():
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an http:// or https:// URL with a host")
     if "@" in parts.netloc:
         raise ValueError("must not hold a user name or password: keys go in their own setting")
+    if parts.fragment or value.endswith("#"):
+        raise ValueError("must not have a #fragment: it is never sent")
     try:
         parts.port  # noqa: B018 - urlsplit validates the port lazily
     except ValueError:
@@ -81,7 +94,9 @@ class SettingsTable:
 
     def _read_all(self) -> dict[str, str]:
         rows = pg.execute(f"SELECT key, value FROM {self.table}")
-        return {row["key"]: row["value"] for row in rows}
+        values = {row["key"]: row["value"] for row in rows}
+        redaction.remember(*(v for k, v in values.items() if self._check(k) is secret))
+        return values
 
     def validate(self, key: str | None, value: str | None) -> str:
         """Returns the key once it and the value are known to be acceptable."""
@@ -89,11 +104,13 @@ class SettingsTable:
             raise errors.NullValueNotAllowed("key must not be NULL")
         check = self._check(key)
         if check is None:
-            # A secret passed as the key by mistake must not end up in the error.
-            shown = f' "{key}"' if _KEY_SHAPE.fullmatch(key) and len(key) <= 64 else ""
+            # Never echoed: a key swapped with its value is a secret in the key's place.
             valid = [*sorted(self.checks), *(shown for shown, _ in self.families.values())]
+            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.8)
             raise errors.InvalidParameter(
-                f"unknown setting key{shown}", detail="Valid keys: " + ", ".join(valid) + "."
+                "unknown setting key (not shown, in case a secret was given as the key)",
+                detail="Valid keys: " + ", ".join(valid) + ".",
+                hint=f'Did you mean "{close[0]}"?' if close else None,
             )
         if value is not None:
             try:
@@ -112,11 +129,16 @@ class SettingsTable:
     def get(self, key: str | None) -> str | None:
         key = self.validate(key, None)
         rows = pg.execute(f"SELECT value FROM {self.table} WHERE key = $1", ["text"], [key])
-        return rows[0]["value"] if rows else None
+        value = rows[0]["value"] if rows else None
+        if self._check(key) is secret:
+            redaction.remember(value)
+        return value
 
     def set(self, key: str | None, value: str | None) -> None:
         """Stores the value in one statement; NULL removes the setting."""
         key = self.validate(key, value)
+        if self._check(key) is secret:
+            redaction.remember(value)
         self._snapshot.forget()
         if value is None:
             pg.execute(f"DELETE FROM {self.table} WHERE key = $1", ["text"], [key])

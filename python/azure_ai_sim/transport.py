@@ -26,7 +26,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
-from azure_ai_sim import errors, pg, wire
+from azure_ai_sim import errors, pg, redaction, settings, wire
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # AWS signals throttling with 400 and one of these codes.
@@ -74,6 +74,8 @@ class Request:
     max_response_bytes: int
     # Values that must never appear in an error: keys and tokens sent in the headers.
     secrets: tuple[str, ...] = ()
+    # How a caller raises max_response_bytes, for the error when a response is larger.
+    max_response_hint: str | None = None
 
 
 @dataclass
@@ -121,6 +123,7 @@ def send(request: Request, deadline: Deadline, policy: RetryPolicy) -> Response:
         else:
             response.attempts = attempt
             if 200 <= response.status < 300:
+                response.body = redaction.scrub_body(response.body, request.secrets)
                 return response
             code = service_code(response)
             failure = _status_error(request, response, code)
@@ -135,22 +138,16 @@ def send(request: Request, deadline: Deadline, policy: RetryPolicy) -> Response:
         pg.sleep(wait)
 
 
-def service_message(body: bytes) -> str:
-    """The service's own words: a JSON message field if there is one, else the text."""
+def service_message(body: bytes, secrets: Iterable[str] = ()) -> str:
+    """The service's own words: a JSON message field if there is one, else the text;
+    scrubbed of secrets before it is shortened."""
     text = body.decode("utf-8", "replace").strip()
     try:
         document = json.loads(text)
     except ValueError:
-        return _trim(" ".join(text.split()))
+        return _trim(" ".join(text.split()), secrets)
     found = _find_message(document)
-    return _trim(found if found is not None else text)
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[redacted]")
-    return text
+    return _trim(found if found is not None else text, secrets)
 
 
 def _find_message(document: Any) -> str | None:
@@ -164,8 +161,8 @@ def _find_message(document: Any) -> str | None:
     return None
 
 
-def _trim(text: str) -> str:
-    return text if len(text) <= SERVICE_MESSAGE_CHARS else text[:SERVICE_MESSAGE_CHARS] + "…"
+def _trim(text: str, secrets: Iterable[str]) -> str:
+    return redaction.excerpt(text, SERVICE_MESSAGE_CHARS, secrets)
 
 
 def _retry_after_seconds(value: str | None) -> float | None:
@@ -199,7 +196,7 @@ def service_code(response: Response) -> str | None:
 
 def _status_error(request: Request, response: Response, code: str | None) -> errors.CallFailed:
     message = f"HTTP {response.status} from {_show(request.url)}"
-    reason = service_message(response.body)
+    reason = service_message(response.body, request.secrets)
     if code:
         message += f": {code}"
     if reason:
@@ -220,8 +217,8 @@ def _with_attempts(
     client_id = request.headers.get("x-ms-client-request-id")
     if client_id:
         details.append(f"client request id: {client_id}")
-    failure.message = redact(failure.message, request.secrets)
-    failure.detail = "; ".join(details) + "."
+    failure.message = redaction.scrub(failure.message, request.secrets)
+    failure.detail = redaction.scrub("; ".join(details) + ".", request.secrets)
     failure.args = (failure.message,)
     return failure
 
@@ -252,6 +249,12 @@ class _Endpoint:
 
 @lru_cache(maxsize=256)
 def _endpoint(url: str) -> _Endpoint:
+    """Settings are checked when set, but a URL may also come from the server's
+    environment or from a restored row: what goes into the request line is checked here."""
+    try:
+        settings.http_url(url)
+    except ValueError as reason:
+        raise errors.InvalidParameter(f"the endpoint URL {_show(url)!r} {reason}") from None
     parts = urlsplit(url)
     default_port = 443 if parts.scheme == "https" else 80
     path = parts.path or "/"
@@ -306,6 +309,11 @@ def _connect(url: str, endpoint: _Endpoint, deadline: Deadline) -> wire.Connecti
         return wire.Connection.open(addresses, tls, endpoint.host, deadline.left)
     except TimeoutError:
         raise errors.TimedOut(f"could not connect to {_show(url)} in time") from None
+    except ssl.SSLError as error:
+        reason = error.reason or error.strerror or str(error)
+        if isinstance(error, ssl.SSLCertVerificationError):
+            reason += f": {error.verify_message}"
+        raise errors.TLSFailed(f"could not connect to {_show(url)}: {reason}") from None
     except OSError as error:
         reason = error.strerror or str(error) or type(error).__name__
         raise errors.ConnectFailed(f"could not connect to {_show(url)}: {reason}") from None
@@ -351,7 +359,7 @@ def _too_large(request: Request, size: int | None) -> errors.ResponseTooLarge:
     return errors.ResponseTooLarge(
         f"the response from {_show(request.url)} is {shown}, over the limit of "
         f"{request.max_response_bytes} bytes",
-        hint="Raise azure_ai.max_response_bytes if the response is expected to be this large.",
+        hint=request.max_response_hint,
     )
 
 

@@ -117,9 +117,24 @@ class Connection:
     def exchange(self, request: bytes, deadline_left: DeadlineLeft, max_body: int) -> Reply:
         try:
             self._send(request, deadline_left)
+        except TimeoutError:
+            raise
         except (OSError, Closed) as error:
-            raise SendFailed(str(error) or type(error).__name__) from error
+            early = self._early_reply(deadline_left, max_body)
+            if early is None:
+                raise SendFailed(str(error) or type(error).__name__) from error
+            return early
         return self._receive(deadline_left, max_body)
+
+    def _early_reply(self, deadline_left: DeadlineLeft, max_body: int) -> Reply | None:
+        """A server may answer before it has read the whole request, and close: 413 for a
+        body it will not take. That answer, not the broken pipe, is the outcome."""
+        try:
+            reply = self._receive(deadline_left, max_body)
+        except (OSError, Closed, errors.MalformedResponse):
+            return None
+        reply.keep_alive = False
+        return reply
 
     def _send(self, data: bytes, deadline_left: DeadlineLeft) -> None:
         view = memoryview(data)
