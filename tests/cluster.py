@@ -114,6 +114,7 @@ class Cluster(Server):
                 "fsync = off\n"
                 "synchronous_commit = off\n"
                 "full_page_writes = off\n"
+                "shared_preload_libraries = 'azure_ai_sim'\n"  # its hooks: see log_filter.c
             )
         self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.log_path), "-w", "start")
 
