@@ -1,0 +1,150 @@
+"""azure_local_ai inputs: bounded work and memory for any input size, the same embeddings
+as a tokenization of the whole text, and clear errors for inputs of the wrong shape."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import psycopg
+import pytest
+
+FP32, INT8 = "multilingual-e5-small:v1", "multilingual-e5-small:v1-int8"
+# What one call may add to a backend's peak memory, whatever the input's size (README).
+CALL_MEMORY_BOUND_MB = 64
+
+
+@pytest.fixture(scope="module", autouse=True)
+def extension(database):
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION azure_local_ai CASCADE")
+
+
+@pytest.fixture(scope="module")
+def model_files(database):
+    with psycopg.connect(database) as conn:
+        return conn.execute(
+            "SELECT model_path, tokenizer_path FROM azure_local_ai.models WHERE model_uri = %s",
+            (INT8,),
+        ).fetchone()
+
+
+def embed(conn, text, model=INT8):
+    query = "SELECT azure_local_ai.create_embeddings(%s, %s)"
+    return conn.execute(query, (model, text)).fetchone()[0]
+
+
+def long_texts() -> dict[str, str]:
+    """About 200 KB each: words, text without whitespace, and whitespace-heavy text."""
+    chooser = random.Random(3)
+    words = "the of Paris bread Hauptstadt größte 東京 都市 наука ciudad".split()
+    return {
+        "words": " ".join(chooser.choice(words) for _ in range(30_000))[:200_000],
+        "no_whitespace": "".join(chooser.choice(words) for _ in range(30_000))[:200_000],
+        "whitespace_runs": "".join(
+            chooser.choice(words) + " \t\n\u3000"[chooser.randrange(4)] * chooser.randrange(1, 60)
+            for _ in range(8_000)
+        )[:200_000],
+        "unknown_runs": "\U0001f9ff" * 150_000 + " ".join(words * 200),
+    }
+
+
+def reference_embedding(model_path: str, tokenizer_path: str, text: str):
+    """The embedding of the first 510 tokens of the whole text, tokenized in full."""
+    import numpy as np
+    import onnxruntime
+    import sentencepiece
+
+    tokenizer = sentencepiece.SentencePieceProcessor(model_file=tokenizer_path)
+    ids = [0, *tokenizer.encode(text.rstrip())[:510], 2]
+    session = onnxruntime.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+    feed = {"input_ids": np.array([ids]), "attention_mask": np.ones((1, len(ids)), np.int64)}
+    return session.run(["sentence_embedding"], feed)[0][0]
+
+
+@pytest.mark.parametrize("kind", sorted(long_texts()))
+def test_long_texts_embed_as_if_tokenized_whole(conn, model_files, kind):
+    text = long_texts()[kind]
+    expected = reference_embedding(*model_files, text)
+    assert embed(conn, text) == pytest.approx(expected.tolist(), abs=2e-5)
+    (from_array,) = conn.execute(
+        "SELECT embedding FROM azure_local_ai.create_embeddings(%s, %s::text[])", (INT8, [text])
+    ).fetchone()
+    assert from_array == pytest.approx(expected.tolist(), abs=2e-5)
+
+
+def memory_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(field)
+
+
+@pytest.fixture(scope="module")
+def huge_row(database):
+    """A 100 MB text in a table, built by the server (TOASTed and compressed)."""
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE huge (id int, body text)")
+        conn.execute("INSERT INTO huge SELECT 1, repeat('word ', 20000000)")
+        conn.execute("INSERT INTO huge SELECT 2, repeat('wordword', 12500000)")
+    yield
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("DROP TABLE huge")
+
+
+@pytest.mark.parametrize("form", ["single", "array"])
+@pytest.mark.parametrize("row", [1, 2])
+def test_a_100_mb_text_costs_bounded_memory(database, huge_row, form, row):
+    if not Path("/proc/self/clear_refs").exists() or not Path("/proc/1/status").exists():
+        pytest.skip("needs /proc of the server's backends")
+    with psycopg.connect(database, autocommit=True) as conn:
+        pid = conn.info.backend_pid
+        if not Path(f"/proc/{pid}/status").exists():
+            pytest.skip("the server runs elsewhere")
+        embed(conn, "word " * 600)  # loads the model and runs a full 512-token input
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # peak := now
+        before = memory_kb(pid, "VmHWM")
+        if form == "single":
+            query = "SELECT azure_local_ai.create_embeddings(%s, body) FROM huge WHERE id = %s"
+        else:
+            query = (
+                "SELECT e.embedding FROM huge, azure_local_ai.create_embeddings("
+                "%s, ARRAY[body, 'short', body]) AS e WHERE id = %s"
+            )
+        rows = conn.execute(query, (INT8, row)).fetchall()
+        grown_mb = (memory_kb(pid, "VmHWM") - before) / 1024
+    assert all(len(embedding) == 384 for (embedding,) in rows)
+    assert grown_mb < CALL_MEMORY_BOUND_MB, f"the peak grew by {grown_mb:.0f} MB"
+
+
+# --- inputs of the wrong shape --------------------------------------------------------------
+
+
+def test_two_dimensional_inputs_are_refused(conn):
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as caught:
+        conn.execute(
+            "SELECT * FROM azure_local_ai.create_embeddings(%s, ARRAY[['a','b'],['c','d']])",
+            (INT8,),
+        )
+    assert caught.value.diag.message_primary == (
+        "azure_local_ai.create_embeddings: inputs must be a one-dimensional array, "
+        "not one of 2 dimensions"
+    )
+
+
+def test_ids_must_match_the_inputs_one_to_one(conn):
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as caught:
+        conn.execute(
+            "SELECT * FROM azure_local_ai.create_embeddings("
+            "%s, ARRAY['a','b','c','d'], ARRAY[[1,2],[3,4]])",
+            (INT8,),
+        )
+    assert caught.value.diag.message_primary == (
+        "azure_local_ai.create_embeddings: ids must be a one-dimensional array "
+        "as long as inputs, not one of 2 dimensions"
+    )
+    rows = conn.execute(
+        "SELECT id FROM azure_local_ai.create_embeddings(%s, ARRAY['a','b'], ARRAY[7, 8])",
+        (INT8,),
+    ).fetchall()
+    assert rows == [(7,), (8,)]
