@@ -100,7 +100,8 @@ without_quoted_token(char *message)
 	token += strlen(marker);
 	if (strpbrk(token, "'$") == NULL)
 		return message;
-	return psprintf("%.*s%s\"", (int) (token - message), message, HIDDEN);
+	return psprintf("%.*s[a string, hidden by azure_ai_sim]\"",
+					(int) (token - message), message);
 }
 
 /*
@@ -121,8 +122,11 @@ filter_log(ErrorData *edata)
 			edata->detail = pstrdup(HIDDEN);
 		if (edata->detail_log && strncmp(edata->detail_log, "parameters: ", 12) == 0)
 			edata->detail_log = pstrdup(HIDDEN);
-		/* the same values after an error (log_parameter_max_length_on_error) */
-		if (edata->context && strstr(edata->context, "with parameters: ") != NULL)
+		/*
+		 * The same values after an error (log_parameter_max_length_on_error):
+		 * "unnamed portal with parameters: ...", "unnamed portal parameter $2 = ..."
+		 */
+		if (edata->context && strstr(edata->context, " parameter") != NULL)
 			edata->context = pstrdup(HIDDEN);
 		if (edata->sqlerrcode == ERRCODE_SYNTAX_ERROR)
 			edata->message = without_quoted_token(edata->message);
