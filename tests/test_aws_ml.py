@@ -364,3 +364,39 @@ def test_settings_are_validated(conn):
         conn.execute("SELECT aws_ml.set_setting('role', 'x')")
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="an IAM role ARN"):
         conn.execute("SELECT aws_ml.set_setting('bedrock.role_arn', 'admin')")
+
+
+def test_max_rows_per_batch_is_checked_by_every_function(conn):
+    for call in (
+        "aws_comprehend.detect_sentiment('Great!', 'en', max_rows_per_batch => 0)",
+        "aws_sagemaker.invoke_endpoint('ep', 0, 1)",
+    ):
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as caught:
+            conn.execute(f"SELECT {call}")
+        assert caught.value.diag.message_primary.endswith(
+            "max_rows_per_batch must be at least 1, not 0"
+        )
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ['{"Sentiment": "POSITIVE"}', '{"Sentiment": "HAPPY", "SentimentScore": {"Happy": 1}}',
+     '{"Sentiment": "POSITIVE", "SentimentScore": {"Positive": "high"}}', "[]"],
+)  # fmt: skip
+def test_a_detect_sentiment_answer_without_its_fields_is_a_clear_error(conn, simulators, answer):
+    comprehend = simulators["comprehend"]
+    comprehend.faults.extend([Fault(body=answer)])
+    with pytest.raises(psycopg.errors.InvalidJsonText) as caught:
+        conn.execute("SELECT aws_comprehend.detect_sentiment('Great!', 'en')")
+    assert caught.value.diag.message_primary.startswith(
+        "aws_comprehend.detect_sentiment: Comprehend answered DetectSentiment without a "
+        "Sentiment of POSITIVE/NEGATIVE/NEUTRAL/MIXED and its SentimentScore: "
+    )
+
+
+def test_an_oversized_aws_response_names_no_setting_it_cannot_change(conn, sagemaker):
+    sagemaker.faults.extend([Fault(oversized_bytes=17 * 1024 * 1024)])
+    with pytest.raises(psycopg.errors.ProgramLimitExceeded) as caught:
+        conn.execute("SELECT aws_sagemaker.invoke_endpoint('ep', NULL, 1)")
+    assert "over the limit of 16777216 bytes" in caught.value.diag.message_primary
+    assert caught.value.diag.message_hint is None

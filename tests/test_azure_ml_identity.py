@@ -36,3 +36,28 @@ def test_a_token_is_fetched_once_and_sent_as_bearer(server, azureml):
     assert [r["path"] for r in scoring] == ["/score"] * 3
     bearers = {r["headers"]["authorization"] for r in scoring}
     assert len(bearers) == 1 and bearers != {"Bearer sim-key"}
+
+
+def test_a_refused_identity_says_why(server, azureml):
+    """azure-identity lists every credential it tried; the managed identity's own reason,
+    which it puts last, must survive the shortening of the message."""
+    if not isinstance(server, Cluster):
+        pytest.skip("needs a server started by the tests, with the identity in its environment")
+    cluster = Cluster()
+    cluster.env.update(IDENTITY_ENDPOINT=azureml.url + "/msi/token", IDENTITY_HEADER="wrong")
+    with cluster, psycopg.connect(cluster.dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION azure_ai")
+        conn.execute(
+            "SELECT azure_ai.set_setting('azure_ml.scoring_endpoint', %s)",
+            (azureml.url + "/score",),
+        )
+        conn.execute("SELECT azure_ai.set_setting('azure_ml.auth_type', 'managed-identity')")
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification) as caught:
+            conn.execute("SELECT azure_ml.invoke('{}')")
+    message = caught.value.diag.message_primary
+    assert message.startswith(
+        "azure_ml.invoke: could not get a managed-identity token for "
+        "https://ml.azure.com/.default: ManagedIdentityCredential: "
+    )
+    assert "missing or wrong X-IDENTITY-HEADER" in message
+    assert "aka.ms" not in message

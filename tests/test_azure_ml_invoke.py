@@ -12,7 +12,7 @@ import uuid
 import psycopg
 import pytest
 
-from azure_ai_sim.sim import Fault
+from azure_ai_sim.sim import AzureMLSimulator, Fault
 from azure_ai_sim.sim.models import DIABETES, HOUSING
 from conftest import assert_interrupted, notices, run_in_thread
 from samples import DIABETES_ROWS
@@ -418,6 +418,82 @@ def test_a_request_the_server_may_have_processed_is_not_sent_again(conn):
         assert server.requests == 2
     finally:
         server.close()
+
+
+def test_a_body_refused_early_with_413_reports_the_413(conn):
+    """The server answers 413 after the headers and closes without reading the body; the
+    send then breaks, but the answer is what counts (and it is not retried)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    connections = []
+
+    def refuse():
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            connections.append(connection)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += connection.recv(65536)
+            body = b'{"message": "request body of 33554432 bytes is over the limit of 1 MB"}'
+            connection.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: "
+                               b"application/json\r\nConnection: close\r\nContent-Length: "
+                               b"%d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+            connection.close()
+
+    threading.Thread(target=refuse, daemon=True).start()
+    configure(conn, f"http://127.0.0.1:{listener.getsockname()[1]}/score")
+    try:
+        error = error_of(conn, "jsonb_build_object('data', repeat('x', 32 * 1024 * 1024)), "
+                               "max_attempts => 3, retry_delay_ms => 0")  # fmt: skip
+    finally:
+        listener.close()
+    assert error.sqlstate == "54000"
+    assert error.diag.message_primary.startswith("azure_ml.invoke: HTTP 413 from ")
+    assert "over the limit of 1 MB" in error.diag.message_primary
+    assert error.diag.message_detail.startswith("attempts: 1")
+    assert len(connections) == 1
+
+
+def test_a_rolled_back_endpoint_is_never_used(conn, azureml):
+    """Settings follow savepoints and EXCEPTION blocks inside one statement: once rolled
+    back, the other endpoint (and the key sent to it) is never used again."""
+    configure(conn, azureml.url + "/score")
+    with AzureMLSimulator() as other:
+        rolled_back = other.url + "/score"
+        set_endpoint = f"PERFORM azure_ai.set_setting('azure_ml.scoring_endpoint', '{rolled_back}')"
+        conn.execute(f"""DO $$ BEGIN
+            BEGIN
+                {set_endpoint};
+                PERFORM azure_ml.invoke({SMALL});
+                RAISE EXCEPTION 'undo';
+            EXCEPTION WHEN raise_exception THEN NULL;
+            END;
+            PERFORM azure_ml.invoke({SMALL});
+        END $$""")
+        conn.execute(  # one query string: one statement start for all of them
+            f"BEGIN; SAVEPOINT s; {set_endpoint.replace('PERFORM', 'SELECT')}; "
+            f"SELECT azure_ml.invoke({SMALL}); ROLLBACK TO s; SELECT azure_ml.invoke({SMALL}); "
+            "COMMIT"
+        )
+        assert len(scoring_requests(other)) == 2  # the calls before each rollback
+    assert len(scoring_requests(azureml)) == 2  # and every call after it
+    assert conn.execute("SELECT azure_ai.get_setting('azure_ml.scoring_endpoint')").fetchone() == (
+        azureml.url + "/score",
+    )
+
+
+def test_an_endpoint_url_from_a_restored_row_is_checked_before_use(conn, azureml):
+    conn.execute("UPDATE azure_ai.settings SET value = value || ' a b' "
+                 "WHERE key = 'azure_ml.scoring_endpoint'")  # fmt: skip
+    try:
+        error = error_of(conn, SMALL)
+        assert error.sqlstate == "22023"
+        assert "must be a URL of RFC 3986" in error.diag.message_primary
+        assert scoring_requests(azureml) == []
+    finally:
+        configure(conn, azureml.url + "/score")
 
 
 # --- settings, concurrency, parallel query -----------------------------------------------

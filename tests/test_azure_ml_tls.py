@@ -8,7 +8,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from azure_ai_sim.sim import AzureMLSimulator
+from azure_ai_sim.sim import AzureMLSimulator, SageMakerSimulator
 from azure_ai_sim.sim.models import HOUSING
 from cluster import Cluster
 
@@ -37,7 +37,7 @@ def https_cluster(server):
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     with AzureMLSimulator(tls=context) as simulator, cluster:
-        yield cluster, simulator
+        yield cluster, simulator, context
 
 
 def configure(conn, url):
@@ -47,7 +47,7 @@ def configure(conn, url):
 
 
 def test_https_with_a_trusted_certificate(https_cluster):
-    cluster, simulator = https_cluster
+    cluster, simulator, _ = https_cluster
     assert simulator.url.startswith("https://")
     with psycopg.connect(cluster.dsn, autocommit=True) as conn:
         configure(conn, simulator.url + "/score")
@@ -56,14 +56,34 @@ def test_https_with_a_trusted_certificate(https_cluster):
             assert result == pytest.approx(HOUSING.predict([[1, 2, 3, 4, 5, 6, 7, 8]]))
 
 
-def test_an_untrusted_certificate_is_refused(https_cluster, database):
-    _, simulator = https_cluster
+def test_an_untrusted_certificate_is_refused_at_once(https_cluster, database):
+    """Retrying cannot make a certificate trusted: one attempt, whatever max_attempts says."""
+    _, simulator, _ = https_cluster
     simulator.recorded.clear()
     with psycopg.connect(database, autocommit=True) as conn:
         configure(conn, simulator.url + "/score")
         with pytest.raises(psycopg.errors.IoError) as caught:
-            conn.execute("SELECT azure_ml.invoke(%s::jsonb)", (PAYLOAD,))
+            conn.execute("SELECT azure_ml.invoke(%s::jsonb, max_attempts => 3, "
+                         "retry_delay_ms => 0)", (PAYLOAD,))  # fmt: skip
     message = caught.value.diag.message_primary
     assert message.startswith(f"azure_ml.invoke: could not connect to {simulator.url}/score: ")
-    assert "CERTIFICATE_VERIFY_FAILED" in message
+    assert "CERTIFICATE_VERIFY_FAILED: self-signed certificate" in message
+    assert caught.value.diag.message_detail.startswith("attempts: 1")
     assert simulator.recorded.snapshot() == []
+
+
+def test_aws_calls_do_not_retry_an_untrusted_certificate(https_cluster, database):
+    *_, context = https_cluster
+    with (
+        SageMakerSimulator(tls=context) as sagemaker,
+        psycopg.connect(database, autocommit=True) as conn,
+    ):
+        conn.execute("CREATE EXTENSION IF NOT EXISTS aws_ml CASCADE")
+        for key, value in [("region", "us-east-1"), ("aws_access_key_id", "AKIDSIMULATOR"),
+                           ("aws_secret_access_key", "sim-secret"),
+                           ("sagemaker.endpoint_url", sagemaker.url)]:  # fmt: skip
+            conn.execute("SELECT aws_ml.set_setting(%s, %s)", (key, value))
+        with pytest.raises(psycopg.errors.IoError) as caught:
+            conn.execute("SELECT aws_sagemaker.invoke_endpoint('echo', NULL, 1)")
+    assert "CERTIFICATE_VERIFY_FAILED" in caught.value.diag.message_primary
+    assert caught.value.diag.message_detail.startswith("attempts: 1")

@@ -63,12 +63,15 @@ def _scrub(text: Text, secrets: list[Text], min_run: int, placeholder: Text) -> 
     spans = sorted(span for secret in secrets if secret for span in _runs(text, secret, min_run))
     if not spans:
         return text
+    merged = [list(spans[0])]
+    for start, end in spans[1:]:
+        if start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
     parts, position = [], 0
-    for start, end in spans:
-        if end <= position:
-            continue
-        parts.append(text[position : max(start, position)])
-        parts.append(placeholder)
+    for start, end in merged:
+        parts += [text[position:start], placeholder]
         position = end
     parts.append(text[position:])
     return text[:0].join(parts)
