@@ -49,7 +49,7 @@ mentions_set_setting(const char *text, size_t len)
 		return false;
 	while (p < end && (p = memchr(p, '_', end - p)) != NULL)
 	{
-		if (end - p >= 8 &&
+		if (end - p >= 8 && (p[1] | 0x20) == 's' &&
 			pg_strncasecmp(p - 3, "set_setting", 11) == 0)
 			return true;
 		p++;
