@@ -24,7 +24,6 @@
 #include "parser/analyze.h"
 #include "tcop/tcopprot.h"
 #include "utils/backend_status.h"
-#include "utils/elog.h"
 
 #define HIDDEN "[a set_setting call, hidden by azure_ai_sim]"
 
@@ -43,10 +42,11 @@ static bool
 mentions_set_setting(const char *text, size_t len)
 {
 	const char *end = text + len;
-	const char *p = text + 3;	/* "set" comes before the underscore */
+	const char *p;
 
 	if (len < 11)
 		return false;
+	p = text + 3;				/* "set" comes before the underscore */
 	while (p < end && (p = memchr(p, '_', end - p)) != NULL)
 	{
 		if (end - p >= 8 && (p[1] | 0x20) == 's' &&
