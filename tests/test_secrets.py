@@ -185,10 +185,11 @@ def test_aws_secret_keys_and_session_tokens_never_leak(conn, server, warnings):
                            ("aws_session_token", token)]:  # fmt: skip
             conn.execute("SELECT aws_ml.set_setting(%s, %s)", (key, value))
         secrets = [secret_key, token, wrong_key]
-        for _ in range(TRIALS):
+        for trial in range(TRIALS):
             name = rng.choice(sorted(simulators))
             # A wrong secret key: AWS echoes the canonical request, session token included.
-            wrong = rng.random() < 0.25
+            # The first call uses it, so that it is a secret in use when others plant it.
+            wrong = trial == 0 or rng.random() < 0.25
             conn.execute("SELECT aws_ml.set_setting('aws_secret_access_key', %s)",
                          (wrong_key if wrong else secret_key,))  # fmt: skip
             if not wrong:
