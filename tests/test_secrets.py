@@ -23,6 +23,7 @@ from azure_ai_sim.sim import (
     ComprehendSimulator,
     Fault,
     SageMakerSimulator,
+    StsSimulator,
 )
 
 ALPHABETS = [
@@ -174,6 +175,7 @@ def test_aws_secret_keys_and_session_tokens_never_leak(conn, server, warnings):
         "sagemaker": SageMakerSimulator(secret_key=secret_key),
         "comprehend": ComprehendSimulator(secret_key=secret_key),
         "bedrock": BedrockSimulator(secret_key=secret_key),
+        "sts": StsSimulator(secret_key=secret_key),
     }
     conn.execute("CREATE EXTENSION IF NOT EXISTS aws_ml CASCADE")
     try:
@@ -195,7 +197,10 @@ def test_aws_secret_keys_and_session_tokens_never_leak(conn, server, warnings):
             if not wrong:
                 fault, _ = random_fault(rng, secrets)
                 simulators[name].faults.extend([fault])
-            call_and_check(conn, AWS_CALLS[name], secrets, warnings)
+            # STS: the fault is AssumeRole's answer, asked for a role of SageMaker's.
+            role = "arn:aws:iam::123456789012:role/feature" if name == "sts" else None
+            conn.execute("SELECT aws_ml.set_setting('sagemaker.role_arn', %s)", (role,))
+            call_and_check(conn, AWS_CALLS.get(name, AWS_CALLS["sagemaker"]), secrets, warnings)
         signatures = [
             r["headers"]["authorization"].rpartition("Signature=")[2]
             for simulator in simulators.values()
