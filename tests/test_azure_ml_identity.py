@@ -4,6 +4,8 @@ The server gets the App Service identity protocol from its environment (IDENTITY
 IDENTITY_HEADER), which the Azure ML simulator speaks, so this needs a server of its own.
 """
 
+import contextlib
+
 import psycopg
 import pytest
 
@@ -11,12 +13,15 @@ from azure_ai_sim.sim.models import HOUSING
 from cluster import Cluster
 
 
-def test_a_token_is_fetched_once_and_sent_as_bearer(server, azureml):
+@contextlib.contextmanager
+def identity_session(server, azureml, identity_header):
+    """A session on a server of its own whose identity is the simulator's, set up for
+    managed-identity calls to it."""
     if not isinstance(server, Cluster):
         pytest.skip("needs a server started by the tests, with the identity in its environment")
     cluster = Cluster()
     cluster.env.update(
-        IDENTITY_ENDPOINT=azureml.url + "/msi/token", IDENTITY_HEADER="sim-identity-header"
+        IDENTITY_ENDPOINT=azureml.url + "/msi/token", IDENTITY_HEADER=identity_header
     )
     with cluster, psycopg.connect(cluster.dsn, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION azure_ai")
@@ -25,6 +30,11 @@ def test_a_token_is_fetched_once_and_sent_as_bearer(server, azureml):
             (azureml.url + "/score",),
         )
         conn.execute("SELECT azure_ai.set_setting('azure_ml.auth_type', 'managed-identity')")
+        yield conn
+
+
+def test_a_token_is_fetched_once_and_sent_as_bearer(server, azureml):
+    with identity_session(server, azureml, "sim-identity-header") as conn:
         payload = '{"input_data": [[1,2,3,4,5,6,7,8]]}'
         for _ in range(3):
             result = conn.execute("SELECT azure_ml.invoke(%s::jsonb)", (payload,)).fetchone()[0]
@@ -41,19 +51,11 @@ def test_a_token_is_fetched_once_and_sent_as_bearer(server, azureml):
 def test_a_refused_identity_says_why(server, azureml):
     """azure-identity lists every credential it tried; the managed identity's own reason,
     which it puts last, must survive the shortening of the message."""
-    if not isinstance(server, Cluster):
-        pytest.skip("needs a server started by the tests, with the identity in its environment")
-    cluster = Cluster()
-    cluster.env.update(IDENTITY_ENDPOINT=azureml.url + "/msi/token", IDENTITY_HEADER="wrong")
-    with cluster, psycopg.connect(cluster.dsn, autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION azure_ai")
-        conn.execute(
-            "SELECT azure_ai.set_setting('azure_ml.scoring_endpoint', %s)",
-            (azureml.url + "/score",),
-        )
-        conn.execute("SELECT azure_ai.set_setting('azure_ml.auth_type', 'managed-identity')")
-        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification) as caught:
-            conn.execute("SELECT azure_ml.invoke('{}')")
+    with (
+        identity_session(server, azureml, "wrong") as conn,
+        pytest.raises(psycopg.errors.InvalidAuthorizationSpecification) as caught,
+    ):
+        conn.execute("SELECT azure_ml.invoke('{}')")
     message = caught.value.diag.message_primary
     assert message.startswith(
         "azure_ml.invoke: could not get a managed-identity token for "
