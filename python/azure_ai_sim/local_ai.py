@@ -10,8 +10,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from azure_ai_sim import errors, pg, transport
-from azure_ai_sim.embeddings import Model, Threads, file_facts, readable_file
+from azure_ai_sim import errors, model_store, pg, transport
+from azure_ai_sim.embeddings import Model, Threads, readable_file, shown_path
 from azure_ai_sim.settings import SettingsTable, one_of, pattern
 
 SETTINGS = SettingsTable(
@@ -20,18 +20,22 @@ SETTINGS = SettingsTable(
         "intra_op_parallelism": pattern("[1-9][0-9]{0,2}", "a number of threads, 1 to 999"),
         "inter_op_parallelism": pattern("[1-9][0-9]{0,2}", "a number of threads, 1 to 999"),
         "spin_control": one_of("true", "false"),
+        "prepacking": one_of("true", "false"),
     },
 )
 DEFAULTS = {
     "intra_op_parallelism": str(os.cpu_count() or 1),
     "inter_op_parallelism": "1",
     "spin_control": "true",
+    # Off: the weights stay mapped from their file, shared by all backends (README).
+    "prepacking": "false",
 }
 MODEL_URI = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*(:[A-Za-z0-9._-]+)?")
 # What the build (models/) writes next to the built-in models: source, checksums.
 BUILD_FACTS = "build.json"
 
-_loaded: dict[str, Model] = {}
+# model_uri: (what was loaded: row id and files, the model)
+_loaded: dict[str, tuple[Any, Model]] = {}
 
 
 # --- embeddings ----------------------------------------------------------------------------
@@ -41,8 +45,8 @@ _loaded: dict[str, Model] = {}
 def create_embedding(model_uri: str | None, text: str | None, timeout_ms: int | None) -> Any:
     if text is None:
         return None
-    seconds_left = _deadline(timeout_ms)
-    return _model(model_uri).embed([text], 1, seconds_left)[0].tobytes()
+    deadline = _deadline(timeout_ms)
+    return _model(model_uri, deadline).embed([text], 1, deadline)[0].tobytes()
 
 
 @pg.sql_function("azure_local_ai.create_embeddings")
@@ -53,19 +57,27 @@ def create_embeddings(
     """One embedding per input, in input order, as float32 bytes; NULL for a NULL input."""
     if not texts:
         return []
+    if any(isinstance(text, list) for text in texts):  # PL/Python's form of a 2-D array
+        raise errors.InvalidParameter(
+            "inputs must be a one-dimensional array, " f"not one of {_dimensions(texts)} dimensions"
+        )
     if batch_size is None or batch_size < 1:
         raise errors.InvalidParameter(f"batch_size must be at least 1, not {batch_size}")
-    seconds_left = _deadline(timeout_ms)
-    model = _model(model_uri)
+    deadline = _deadline(timeout_ms)
+    model = _model(model_uri, deadline)
     present = [i for i, text in enumerate(texts) if text is not None]
     try:
-        vectors = model.embed([texts[i] for i in present], batch_size, seconds_left)
+        vectors = model.embed([texts[i] for i in present], batch_size, deadline)
     finally:
         _release_freed_memory()
     embeddings: list[Any] = [None] * len(texts)
     for i, vector in zip(present, vectors, strict=False):
         embeddings[i] = vector.tobytes()
     return embeddings
+
+
+def _dimensions(value: Any) -> int:
+    return 1 + max((_dimensions(v) for v in value if isinstance(v, list)), default=0)
 
 
 def _release_freed_memory() -> None:
@@ -80,23 +92,44 @@ def _release_freed_memory() -> None:
 _malloc_trim: Any = None
 
 
-def _deadline(timeout_ms: int | None) -> Any:
-    """What Model.embed looks at between batches: seconds left, or None for no limit."""
+def _deadline(timeout_ms: int | None) -> transport.Deadline | None:
+    """The call's deadline (timeout_ms validated), or None for no limit."""
     seconds = transport.timeout_seconds(timeout_ms)
-    return None if seconds is None else transport.Deadline(seconds).left
+    return None if seconds is None else transport.Deadline(seconds)
 
 
-def _model(model_uri: str | None) -> Model:
-    """The loaded model, or load it: one ONNX Runtime session per backend and model."""
+def _limit_lock_waits(deadline: transport.Deadline | None) -> None:
+    """Waits for the registry's or the settings' locks end with timeout_ms too."""
+    if deadline is not None:
+        pg.lock_wait_limit(deadline.left())
+
+
+def _model(model_uri: str | None, deadline: transport.Deadline | None = None) -> Model:
+    """The loaded model, or load it: one ONNX Runtime session per backend and model. What
+    is loaded is known by its registry row and files, so that another model registered
+    under the same name or path (or a register rolled back) is never taken for it."""
     row = _registered(model_uri)
     loaded = _loaded.get(row["model_uri"])
-    if loaded is not None and loaded.model_path == row["model_path"]:
-        return loaded
-    threads = _threads()
-    _loaded[row["model_uri"]] = model = Model(
-        row["model_path"], row["tokenizer_path"], threads, row["metadata"]["max_tokens"]
-    )
+    if loaded is not None and loaded[0] == _key(row):
+        return loaded[1]
+    if row["builtin"]:  # make install swaps their directory whole, never writes in place
+        model_path, tokenizer_path = row["model_path"], row["tokenizer_path"]
+    else:
+        stored = model_store.directory(row["model_uri"], row["metadata"]["files"], deadline)
+        model_path = str(stored / os.path.basename(row["model_path"]))
+        tokenizer_path = str(stored / os.path.basename(row["tokenizer_path"]))
+    model = Model(model_path, tokenizer_path, _threads(), row["metadata"]["max_tokens"])
+    _loaded[row["model_uri"]] = (_key(row), model)
     return model
+
+
+def _key(row: dict[str, Any]) -> tuple:
+    return row["id"], row["model_path"], model_store.digest(row["metadata"].get("files", []))
+
+
+def _is_loaded(row: dict[str, Any]) -> bool:
+    loaded = _loaded.get(row["model_uri"])
+    return loaded is not None and loaded[0] == _key(row)
 
 
 def _threads() -> Threads:
@@ -105,6 +138,7 @@ def _threads() -> Threads:
         int(settings["intra_op_parallelism"]),
         int(settings["inter_op_parallelism"]),
         settings["spin_control"] == "true",
+        settings["prepacking"] == "true",
     )
 
 
@@ -113,7 +147,7 @@ def _threads() -> Threads:
 
 def _read_registry() -> dict[str, dict[str, Any]]:
     rows = pg.execute(
-        "SELECT model_uri, model_path, tokenizer_path, metadata::text, builtin"
+        "SELECT id, model_uri, model_path, tokenizer_path, metadata::text, builtin"
         " FROM azure_local_ai.models"
     )
     return {row["model_uri"]: {**row, "metadata": json.loads(row["metadata"])} for row in rows}
@@ -138,13 +172,16 @@ def _registered(model_uri: str | None) -> dict[str, Any]:
 @pg.sql_function("azure_local_ai.model_register")
 def model_register(
     model_uri: str | None, model_path: str | None, tokenizer_path: str | None,
-    timeout_ms: int | None,
+    timeout_ms: int | None = None,
 ) -> int:  # fmt: skip
-    """Checks that the files load and embed, then records them; nothing is left on failure."""
+    """Copies the files into the model store, checks that the copy loads and embeds, then
+    records it; nothing is left on failure."""
     if model_uri is None or not MODEL_URI.fullmatch(model_uri):
         raise errors.InvalidParameter(
             "model_uri must be a name such as my-model:v1 (letters, digits, . _ - /, one :)"
         )
+    deadline = _deadline(timeout_ms)
+    _limit_lock_waits(deadline)
     if model_uri in _registry.get():
         raise errors.InvalidParameter(
             f'model "{model_uri}" is already registered',
@@ -155,25 +192,28 @@ def model_register(
         tokenizer_path or _tokenizer_beside(model_path), "tokenizer_path"
     )
     max_tokens = 512
-    try:
-        model = Model(model_path, tokenizer_path, _threads(), max_tokens)
-        model.embed(["a test"], 1)
-    except errors.Error:
-        raise
-    except Exception as error:
-        raise errors.InvalidParameter(
-            f"the model or tokenizer does not load: {type(error).__name__}: {error}"[:500]
-        ) from None
+
+    def load(graph: str, tokenizer: str) -> Model:
+        model = Model(graph, tokenizer, _threads(), max_tokens, (model_path, tokenizer_path))
+        try:
+            model.embed(["a test"], 1, deadline)
+        except errors.Error:
+            raise
+        except Exception as error:  # it loads, but is not a model of this kind
+            raise errors.InvalidParameter(
+                f"model_path {shown_path(model_path)} does not embed: "
+                f"{type(error).__name__}: {error}"[:500]
+            ) from None
+        return model
+
+    stored, files, model = model_store.add(model_path, tokenizer_path, deadline, load)
     metadata = {
         "dimensions": model.dimensions,
         "max_tokens": max_tokens,
         "quantization": "as in the file",
         "source": "registered",
-        "files": [
-            file_facts(path)
-            for path in (model_path, model_path + ".data", tokenizer_path)
-            if os.path.isfile(path)  # .data: the weights, when kept beside the graph
-        ],
+        "store": stored.name,
+        "files": files,
     }
     rows = pg.execute(
         "INSERT INTO azure_local_ai.models (model_uri, model_path, tokenizer_path, metadata)"
@@ -182,8 +222,10 @@ def model_register(
         [model_uri, model_path, tokenizer_path, json.dumps(metadata)],
     )
     _registry.forget()
-    _loaded[model_uri] = model
-    return rows[0]["id"]
+    model_id = rows[0]["id"]
+    row = {"id": model_id, "model_uri": model_uri, "model_path": model_path, "metadata": metadata}
+    _loaded[model_uri] = (_key(row), model)
+    return model_id
 
 
 def _tokenizer_beside(model_path: str) -> str:
@@ -198,7 +240,9 @@ def _tokenizer_beside(model_path: str) -> str:
 
 
 @pg.sql_function("azure_local_ai.model_unregister")
-def model_unregister(model_uri: str | None) -> None:
+def model_unregister(model_uri: str | None, timeout_ms: int | None = None) -> None:
+    """Removes the row; the store copy stays, since other databases may use it (README)."""
+    _limit_lock_waits(_deadline(timeout_ms))
     row = _registered(model_uri)
     if row["builtin"]:
         raise errors.InvalidParameter(f'model "{model_uri}" is built in and stays registered')
@@ -209,8 +253,7 @@ def model_unregister(model_uri: str | None) -> None:
 
 @pg.sql_function("azure_local_ai.model_loaded")
 def model_loaded(model_uri: str | None) -> bool:
-    _registered(model_uri)
-    return model_uri in _loaded
+    return _is_loaded(_registered(model_uri))
 
 
 @pg.sql_function("azure_local_ai.model_unload")
@@ -236,7 +279,7 @@ def model_metadata(model_uri: str | None) -> str:
         model_path=row["model_path"],
         tokenizer_path=row["tokenizer_path"],
         builtin=row["builtin"],
-        loaded=model_uri in _loaded,
+        loaded=_is_loaded(row),
     )
     return json.dumps(metadata)
 
@@ -245,20 +288,25 @@ def model_metadata(model_uri: str | None) -> str:
 
 
 @pg.sql_function("azure_local_ai.get_setting")
-def get_setting(key: str | None) -> str | None:
+def get_setting(key: str | None, timeout_ms: int | None = None) -> str | None:
+    _limit_lock_waits(_deadline(timeout_ms))
     return SETTINGS.get(key) or DEFAULTS[key]
 
 
 @pg.sql_function("azure_local_ai.get_setting")
-def get_settings(keys: list[str] | None) -> str:
+def get_settings(keys: list[str] | None, timeout_ms: int | None = None) -> str:
     """The settings asked for, all of them for none, as a JSON object; defaults included."""
+    _limit_lock_waits(_deadline(timeout_ms))
     wanted = keys or sorted(SETTINGS.checks)
     return json.dumps({key: get_setting.__wrapped__(key) for key in wanted})
 
 
 @pg.sql_function("azure_local_ai.set_setting")
-def set_settings(keys: list[str | None] | None, values: list[str | None] | None) -> None:
+def set_settings(
+    keys: list[str | None] | None, values: list[str | None] | None, timeout_ms: int | None = None
+) -> None:
     """All or nothing: every pair is checked before any is stored."""
+    _limit_lock_waits(_deadline(timeout_ms))
     if keys is None or values is None or len(keys) != len(values):
         raise errors.InvalidParameter("keys and values must be arrays of the same length")
     for key, value in zip(keys, values, strict=False):
