@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-FP32 = "multilingual-e5-small:v1"
+FP32, INT8 = "multilingual-e5-small:v1", "multilingual-e5-small:v1-int8"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,7 +41,7 @@ def test_a_second_backend_shares_the_weights(database):
         first.execute(embed, (FP32,))
         with psycopg.connect(database, autocommit=True) as second:
             pid = second.info.backend_pid
-            second.execute("SELECT azure_local_ai.get_setting('spin_control')")  # imports
+            second.execute(embed, (INT8,))  # imports, and the tokenizer the two share
             before = private_mb(pid)
             second.execute(embed, (FP32,))
             grown = private_mb(pid) - before

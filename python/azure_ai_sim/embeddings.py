@@ -23,6 +23,7 @@ import stat
 import threading
 import time
 import unicodedata
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -123,6 +124,21 @@ class Tokenizer:
         return [3 if piece == unknown else piece + 1 for piece in pieces]
 
 
+def _tokenizer(path: str) -> Tokenizer:
+    """One Tokenizer per file per backend (about 55 MB each), however many models use it:
+    the built-in fp32 and int8 models share theirs."""
+    info = os.stat(path)
+    key = (path, info.st_ino, info.st_mtime_ns)  # make install swaps the directory
+    tokenizer = _tokenizers.get(key)
+    if tokenizer is None:
+        tokenizer = _tokenizers[key] = Tokenizer(path)
+    return tokenizer
+
+
+# Kept while a model uses them, so model_unload frees a tokenizer no other model uses.
+_tokenizers: weakref.WeakValueDictionary[tuple, Tokenizer] = weakref.WeakValueDictionary()
+
+
 def _candidates() -> list[str]:
     """Characters that may be whitespace or ignorable to a SentencePiece normaliser."""
     global _candidate_chars
@@ -198,7 +214,7 @@ class Model:
         self.max_tokens = max_tokens
         shown_model, shown_tokenizer = source or (model_path, tokenizer_path)
         try:
-            self.tokenizer = Tokenizer(tokenizer_path)
+            self.tokenizer = _tokenizer(tokenizer_path)
         except (OSError, RuntimeError):
             raise errors.InvalidParameter(
                 f"tokenizer_path {shown_path(shown_tokenizer)} is not a SentencePiece model"
