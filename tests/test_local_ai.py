@@ -212,6 +212,8 @@ def test_register_load_unload_unregister(conn, manager, builtin_files):
     metadata = conn.execute("SELECT azure_local_ai.model_metadata('mine:v1')").fetchone()[0]
     assert metadata["dimensions"] == 384 and metadata["loaded"] is True
     assert {f["path"] for f in metadata["files"]} >= {model_path, tokenizer_path}
+    assert {f["name"] for f in metadata["files"]} == {"model.onnx", "model.onnx.data",
+                                                      "sentencepiece.model"}  # fmt: skip
     assert all(len(f["sha256"]) == 64 for f in metadata["files"])
     conn.execute("SELECT azure_local_ai.model_unregister('mine:v1')")
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="not registered"):
@@ -230,7 +232,7 @@ def test_a_tokenizer_beside_the_model_is_found(conn, manager, builtin_files):
         ("relative/model.onnx", "model_path must be an absolute path"),
         ("/nonexistent/model.onnx", "does not exist"),
         ("/etc", "is not a file"),
-        ("/etc/hostname", "does not load"),
+        ("/etc/hostname", "is not a valid ONNX model: Protobuf parsing failed"),
     ],
 )
 def test_a_failed_register_leaves_no_row(
@@ -307,6 +309,7 @@ def test_settings_round_trip_and_validation(conn, manager):
     assert conn.execute(all_settings).fetchone()[0] == {
         "inter_op_parallelism": "1",
         "intra_op_parallelism": str(os.cpu_count()),
+        "prepacking": "false",
         "spin_control": "true",
     }
     conn.execute(
