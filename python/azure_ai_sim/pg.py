@@ -175,10 +175,10 @@ def execute(query: str, types: Sequence[str] = (), args: Sequence[Any] = ()) -> 
         raise errors.ParallelMode()
     import plpy
 
-    plan = _plans.get(query)
-    if plan is None:
-        plan = _plans[query] = plpy.prepare(query, list(types))
-    try:
+    try:  # preparing takes the tables' locks too
+        plan = _plans.get(query)
+        if plan is None:
+            plan = _plans[query] = plpy.prepare(query, list(types))
         return list(plpy.execute(plan, list(args)))
     except plpy.SPIError as error:
         if error.sqlstate == LOCK_NOT_AVAILABLE and _lock_limit[0] == statement_id():
