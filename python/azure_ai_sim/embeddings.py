@@ -164,15 +164,15 @@ class _Watcher:
 
     def __init__(self) -> None:
         self._running = threading.Event()
-        self._run: tuple[Any, float | None] | None = None
+        self._run: tuple[Any, float | None, bool] | None = None
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         try:
             threading.Thread(target=self._watch, name="azure_ai_sim-onnx", daemon=True).start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
-    def start(self, run_options: Any, end: float | None) -> None:
-        self._run = (run_options, end)
+    def start(self, run_options: Any, end: float | None, interrupts: bool) -> None:
+        self._run = (run_options, end, interrupts)
         self._running.set()
 
     def stop(self) -> None:
@@ -184,8 +184,10 @@ class _Watcher:
             self._running.wait()
             run = self._run
             if run is not None:
-                run_options, end = run
-                if pg._interrupt_pending() or (end is not None and time.monotonic() >= end):
+                run_options, end, interrupts = run
+                if (interrupts and pg.interrupt_pending()) or (
+                    end is not None and time.monotonic() >= end
+                ):
                     run_options.terminate = True  # a finished run's options: no effect
             time.sleep(WATCH_SECONDS)
 
@@ -268,18 +270,22 @@ class Model:
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
             vectors = None
-            while vectors is None:  # again only after an interrupt PostgreSQL let pass
+            interrupts = True
+            while vectors is None:
                 pg.check_for_interrupts()
                 if deadline is not None and deadline.left() <= 0:
                     raise errors.TimedOut(
                         f"timeout_ms passed after {start} of {len(order)} inputs were embedded"
                     )
-                vectors = self._run([ids[i] for i in batch], deadline)
+                vectors = self._run([ids[i] for i in batch], deadline, interrupts)
+                # An interrupt PostgreSQL then let pass (one it holds off stays pending):
+                # run again, ended by the deadline only, or this would never end.
+                interrupts = False
             for i, vector in zip(batch, vectors, strict=False):
                 embeddings[i] = vector
         return embeddings
 
-    def _run(self, batch: list[list[int]], deadline: Any) -> Any:
+    def _run(self, batch: list[list[int]], deadline: Any, interrupts: bool) -> Any:
         """The batch's embeddings, or None when the watcher ended the run."""
         np = self.numpy
         width = max(len(tokens) for tokens in batch)
@@ -294,7 +300,7 @@ class Model:
         run_options = self.onnxruntime.RunOptions()
         run_options.log_severity_level = 4  # a terminated run is no error worth logging
         watcher = _the_watcher()
-        watcher.start(run_options, None if deadline is None else deadline.end)
+        watcher.start(run_options, None if deadline is None else deadline.end, interrupts)
         try:
             (output,) = self.session.run([self.output], feed, run_options)
         except Exception:

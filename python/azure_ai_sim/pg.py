@@ -127,7 +127,7 @@ def check_for_interrupts() -> None:
     Reading the flag costs nothing; only when it is set do we run a statement, during
     which PostgreSQL processes the interrupt and raises its own error (57014 and others).
     """
-    if not _interrupt_pending():
+    if not interrupt_pending():
         return
     import plpy
 
@@ -140,7 +140,7 @@ def check_for_interrupts() -> None:
 _outside_postgres = False
 
 
-def _interrupt_pending() -> bool:
+def interrupt_pending() -> bool:
     """PostgreSQL's InterruptPending; plain Python (a simulator) has nothing to cancel."""
     global _outside_postgres
     if _outside_postgres:
