@@ -252,7 +252,7 @@ def sql_function(name: str) -> Callable[[F], F]:
             except Exception as bug:
                 import plpy
 
-                if isinstance(bug, plpy.SPIError):
+                if isinstance(bug, (plpy.SPIError, plpy.Error)):  # SQL errors already
                     raise
                 internal = errors.Error(f"internal error: {type(bug).__name__}: {bug}")
                 raise sql_error(internal, name) from None
