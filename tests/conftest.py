@@ -41,6 +41,25 @@ def database(server: Server, request: pytest.FixtureRequest) -> Iterator[str]:
         yield dsn
 
 
+FP32, INT8 = "multilingual-e5-small:v1", "multilingual-e5-small:v1-int8"
+
+
+@pytest.fixture(scope="module")
+def local_ai(database: str) -> str:
+    """This module's database with azure_local_ai (and pgvector) created."""
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION azure_local_ai CASCADE")
+    return database
+
+
+def model_files(conn: psycopg.Connection, model_uri: str) -> tuple[str, str]:
+    """The graph and tokenizer paths that a model is registered with."""
+    return conn.execute(
+        "SELECT model_path, tokenizer_path FROM azure_local_ai.models WHERE model_uri = %s",
+        (model_uri,),
+    ).fetchone()
+
+
 @pytest.fixture
 def conn(database: str) -> Iterator[psycopg.Connection]:
     """A superuser connection in autocommit mode."""

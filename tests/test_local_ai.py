@@ -12,16 +12,10 @@ import time
 import psycopg
 import pytest
 
-from conftest import assert_interrupted, run_in_thread
+from conftest import FP32, INT8, assert_interrupted, model_files, run_in_thread
 from multilingual import PAIRS
 
-FP32, INT8 = "multilingual-e5-small:v1", "multilingual-e5-small:v1-int8"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def extension(database):
-    with psycopg.connect(database, autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION azure_local_ai CASCADE")
+pytestmark = pytest.mark.usefixtures("local_ai")
 
 
 def embed(conn, text, model=FP32):
@@ -186,10 +180,7 @@ def manager(conn, make_role):
 def builtin_files(database):
     """The built-in model's files, read before tests take the manager's role."""
     with psycopg.connect(database) as conn:
-        return conn.execute(
-            "SELECT model_path, tokenizer_path FROM azure_local_ai.models WHERE model_uri = %s",
-            (FP32,),
-        ).fetchone()
+        return model_files(conn, FP32)
 
 
 def model_count(database):

@@ -9,24 +9,19 @@ from pathlib import Path
 import psycopg
 import pytest
 
-FP32, INT8 = "multilingual-e5-small:v1", "multilingual-e5-small:v1-int8"
+from conftest import INT8, model_files
+
 # What one call may add to a backend's peak memory, whatever the input's size (README).
 CALL_MEMORY_BOUND_MB = 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def extension(database):
-    with psycopg.connect(database, autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION azure_local_ai CASCADE")
+pytestmark = pytest.mark.usefixtures("local_ai")
 
 
 @pytest.fixture(scope="module")
-def model_files(database):
+def int8_files(database):
     with psycopg.connect(database) as conn:
-        return conn.execute(
-            "SELECT model_path, tokenizer_path FROM azure_local_ai.models WHERE model_uri = %s",
-            (INT8,),
-        ).fetchone()
+        return model_files(conn, INT8)
 
 
 def embed(conn, text, model=INT8):
@@ -63,9 +58,9 @@ def reference_embedding(model_path: str, tokenizer_path: str, text: str):
 
 
 @pytest.mark.parametrize("kind", sorted(long_texts()))
-def test_long_texts_embed_as_if_tokenized_whole(conn, model_files, kind):
+def test_long_texts_embed_as_if_tokenized_whole(conn, int8_files, kind):
     text = long_texts()[kind]
-    expected = reference_embedding(*model_files, text)
+    expected = reference_embedding(*int8_files, text)
     assert embed(conn, text) == pytest.approx(expected.tolist(), abs=2e-5)
     (from_array,) = conn.execute(
         "SELECT embedding FROM azure_local_ai.create_embeddings(%s, %s::text[])", (INT8, [text])

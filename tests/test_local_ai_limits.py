@@ -8,9 +8,8 @@ import time
 import psycopg
 import pytest
 
-from conftest import assert_interrupted, run_in_thread
+from conftest import FP32, assert_interrupted, model_files, run_in_thread
 
-FP32, INT8 = "multilingual-e5-small:v1", "multilingual-e5-small:v1-int8"
 # One ONNX Runtime run of 16 texts of 512 tokens: seconds of work on this machine.
 ONE_LONG_RUN = (
     "SELECT count(*) FROM azure_local_ai.create_embeddings("
@@ -18,10 +17,7 @@ ONE_LONG_RUN = (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def extension(database):
-    with psycopg.connect(database, autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION azure_local_ai CASCADE")
+pytestmark = pytest.mark.usefixtures("local_ai")
 
 
 def wait_until_running(conn, pid: int) -> None:
@@ -104,10 +100,7 @@ def test_timeout_ms_bounds_a_lock_wait(conn, database, name):
 
 
 def test_timeout_ms_bounds_copying_a_model(conn):
-    path, tokenizer = conn.execute(
-        "SELECT model_path, tokenizer_path FROM azure_local_ai.models WHERE model_uri = %s",
-        (FP32,),
-    ).fetchone()
+    path, tokenizer = model_files(conn, FP32)
     with pytest.raises(psycopg.errors.QueryCanceled) as caught:
         conn.execute(
             "SELECT azure_local_ai.model_register('slow:v1', %s, %s, timeout_ms => 5)",

@@ -9,13 +9,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-FP32, INT8 = "multilingual-e5-small:v1", "multilingual-e5-small:v1-int8"
+from conftest import FP32, INT8
 
-
-@pytest.fixture(scope="module", autouse=True)
-def extension(database):
-    with psycopg.connect(database, autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION azure_local_ai CASCADE")
+pytestmark = pytest.mark.usefixtures("local_ai")
 
 
 def private_mb(pid: int) -> float:
