@@ -162,3 +162,21 @@ def test_aws_commons_helpers(conn):
         assert credentials == ('(sample_access_key,sample_secret_key,"")',)
     finally:
         conn.execute("DROP EXTENSION aws_commons")
+
+
+def test_azure_local_ai_0_1_0_updates_to_0_1_1(conn):
+    """A database made by the previous release: its 0.1.0 functions keep working with
+    this package, and the update brings 0.1.1's (here: the check of a 2-D ids array)."""
+    conn.execute("CREATE EXTENSION azure_local_ai VERSION '0.1.0' CASCADE")
+    call = (
+        "SELECT count(*) FROM azure_local_ai.create_embeddings("
+        "'multilingual-e5-small:v1-int8', ARRAY['a', 'b', 'c', 'd'], ARRAY[[1, 2], [3, 4]])"
+    )
+    try:
+        assert conn.execute(call).fetchone() == (4,)  # 0.1.0: four rows with NULL ids
+        conn.execute("ALTER EXTENSION azure_local_ai UPDATE")
+        assert extensions(conn)["azure_local_ai"] == "0.1.1"
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="one-dimensional"):
+            conn.execute(call)
+    finally:
+        conn.execute("DROP EXTENSION azure_local_ai, vector")
