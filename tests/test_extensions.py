@@ -1,8 +1,11 @@
 """CREATE/DROP of the four extensions: dependencies, schemas, roles, settings tables."""
 
+import hashlib
+
 import psycopg
 import pytest
 
+from cluster import ROOT
 from conftest import notices
 
 
@@ -180,3 +183,15 @@ def test_azure_local_ai_0_1_0_updates_to_0_1_1(conn):
             conn.execute(call)
     finally:
         conn.execute("DROP EXTENSION azure_local_ai, vector")
+
+
+def test_released_scripts_never_change():
+    """pgvector's contract: a released script stays as it is (databases made with it must
+    reach the same state by the update scripts as new ones); a change of SQL goes into a
+    new version with its upgrade script. sql/released.sha256 lists every released script."""
+    listing = (ROOT / "sql" / "released.sha256").read_text().splitlines()
+    released = {name: digest for digest, name in (line.split("  ") for line in listing)}
+    for script in sorted((ROOT / "sql").glob("*.sql")):
+        assert script.name in released, f"{script.name} is not in sql/released.sha256"
+        digest = hashlib.sha256(script.read_bytes()).hexdigest()
+        assert digest == released[script.name], f"{script.name} changed after its release"
