@@ -1,15 +1,18 @@
-# azure_ai_sim: make install | demo | test | bench (run as root on Debian/Ubuntu)
+# azure_ai_sim: make install | uninstall | demo | test | bench (run as root on Debian/Ubuntu)
 
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: deps install demo test bench lint clean
+.PHONY: deps install uninstall demo test bench lint clean
 
 deps:
 	extension/deps.sh
 
 install: deps
 	extension/install.sh
+
+uninstall:
+	extension/uninstall.sh
 
 # The developer environment: pytest, psycopg, ruff and the simulators' models, for the
 # same Python as the server.
