@@ -16,6 +16,10 @@
  *
  * The hooks act only in sessions that loaded the library before the statement: set
  * shared_preload_libraries (or session_preload_libraries) = 'azure_ai_sim'.
+ *
+ * post_parse_analyze_hook, emit_log_hook, pgstat_report_activity, debug_query_string
+ * and the ErrorData and Query fields used here are the same in PostgreSQL 15, 16 and 17;
+ * only _PG_init's declaration moved into fmgr.h (16).
  */
 #include "postgres.h"
 

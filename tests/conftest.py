@@ -87,6 +87,13 @@ def make_role(conn: psycopg.Connection) -> Iterator[Callable[..., str]]:
         conn.execute(f"DROP ROLE {name}")
 
 
+def force_parallel(conn: psycopg.Connection, on: bool = True) -> None:
+    """Sets (or resets) force_parallel_mode, which PostgreSQL 16 renamed debug_parallel_query."""
+    version = int(conn.execute("SELECT current_setting('server_version_num')").fetchone()[0])
+    name = "debug_parallel_query" if version >= 160000 else "force_parallel_mode"
+    conn.execute(f"SET {name} = on" if on else f"RESET {name}")
+
+
 def notices(conn: psycopg.Connection) -> list[str]:
     """Collects the server's NOTICE messages on this connection into the returned list."""
     collected: list[str] = []

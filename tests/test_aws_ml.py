@@ -13,7 +13,7 @@ from azure_ai_sim.sim import (
     SageMakerSimulator,
     StsSimulator,
 )
-from conftest import assert_interrupted, run_in_thread
+from conftest import assert_interrupted, force_parallel, run_in_thread
 
 # Endpoint names of Aurora's examples, served by the simulator's endpoints.
 ALIASES = {
@@ -152,13 +152,13 @@ def test_aurora_wrappers_verbatim(conn, sagemaker):
             "SELECT (analyze_company(8.3252, 41, 6.984, 1.024, 322, 2.556, 37.88, -122.23)).*"
         ).fetchone()
         assert twelve == pytest.approx(six * 1.1, rel=1e-4)
-        conn.execute("SET force_parallel_mode = on")
+        force_parallel(conn)
         with pytest.raises(psycopg.errors.InvalidTransactionState, match="parallel query"):
             one(conn, "SELECT classify_event(g, '2024-01-01') FROM generate_series(1, 3) g")
-        conn.execute("RESET force_parallel_mode")
+        force_parallel(conn, on=False)
         assert one(conn, "SELECT classify_event(1, '2024-01-02')") == 2
     finally:
-        conn.execute("RESET force_parallel_mode")
+        force_parallel(conn, on=False)
         conn.execute("DROP FUNCTION classify_event, regression_model, analyze_company")
         conn.execute("DROP TYPE company_forecasts")
 

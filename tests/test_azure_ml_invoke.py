@@ -14,7 +14,7 @@ import pytest
 
 from azure_ai_sim.sim import AzureMLSimulator, Fault
 from azure_ai_sim.sim.models import DIABETES, HOUSING
-from conftest import assert_interrupted, notices, run_in_thread
+from conftest import assert_interrupted, force_parallel, notices, run_in_thread
 from samples import DIABETES_ROWS
 
 KEY = "sim-key"
@@ -525,13 +525,13 @@ def test_parallel_workers_refuse_cleanly(conn, azureml):
         "AS $$ SELECT azure_ml.invoke(payload) $$"
     )
     try:
-        conn.execute("SET force_parallel_mode = on")
+        force_parallel(conn)
         with pytest.raises(psycopg.errors.InvalidTransactionState, match="parallel query"):
             conn.execute(f"SELECT score_safe({SMALL}) FROM generate_series(1, 2)")
-        conn.execute("RESET force_parallel_mode")
+        force_parallel(conn, on=False)
         assert conn.execute(f"SELECT score_safe({SMALL})").fetchone()[0] is not None
     finally:
-        conn.execute("RESET force_parallel_mode")
+        force_parallel(conn, on=False)
         conn.execute("DROP FUNCTION score_safe")
 
 

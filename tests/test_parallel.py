@@ -7,7 +7,9 @@ functions must work there without SPI or refuse cleanly, and leave the backend h
 import psycopg
 import pytest
 
-# name: (definition, whether force_parallel_mode runs it in a worker under a Gather)
+from conftest import force_parallel
+
+# name: (definition, whether force_parallel() runs it in a worker under a Gather)
 WRAPPERS = {
     # inlined into the query, then run by the worker
     "sql_safe": ("LANGUAGE sql PARALLEL SAFE AS $$ SELECT azure_ai.get_setting(k) $$", True),
@@ -40,7 +42,7 @@ def server_start_time(conn):
 @pytest.mark.parametrize("wrapper", sorted(WRAPPERS))
 def test_settings_refuse_cleanly_in_parallel_mode(conn, wrapper):
     started, pid = server_start_time(conn), conn.info.backend_pid
-    conn.execute("SET force_parallel_mode = on")
+    force_parallel(conn)
     query = f"SELECT {wrapper}('azure_ml.auth_type') FROM generate_series(1, 3)"
     plan = "\n".join(row[0] for row in conn.execute(f"EXPLAIN {query}"))
     assert ("Gather" in plan) == WRAPPERS[wrapper][1]
@@ -53,13 +55,13 @@ def test_settings_refuse_cleanly_in_parallel_mode(conn, wrapper):
         )
         assert "PARALLEL UNSAFE" in caught.value.diag.message_hint
 
-    conn.execute("RESET force_parallel_mode")
+    force_parallel(conn, on=False)
     assert conn.execute(query).fetchall() == [("managed-identity",)] * 3
     assert (conn.info.backend_pid, server_start_time(conn)) == (pid, started)
 
 
 def test_version_works_in_parallel_workers(conn):
-    conn.execute("SET force_parallel_mode = on")
+    force_parallel(conn)
     query = "SELECT azure_ai.version() FROM generate_series(1, 3)"
     plan = "\n".join(row[0] for row in conn.execute(f"EXPLAIN VERBOSE {query}"))
     assert "Gather" in plan and "Output: azure_ai.version()" in plan

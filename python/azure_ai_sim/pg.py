@@ -1,13 +1,15 @@
 """The one module that talks to the PostgreSQL backend we run inside.
 
 SQL goes through plpy (SPI). Backend state that SPI cannot safely ask about is read with
-ctypes from the postgres executable itself, which exports its symbols for extensions.
+ctypes from the postgres executable itself, which exports its symbols for extensions, and
+from our native library where it needs PostgreSQL's headers (extension/backend.c).
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,32 +29,38 @@ WAIT_SLICE_SECONDS = 0.02
 
 
 class _Backend:
-    """Functions and variables of the postgres executable, which exports its symbols."""
+    """Functions and variables of the postgres executable, which exports its symbols.
+
+    Each has the same name, signature and type in PostgreSQL 15, 16 and 17 (checked in
+    their headers: access/xact.h, miscadmin.h, utils/timestamp.h, utils/guc.h). Nothing
+    here depends on an enum value or a struct layout: those are read in C (backend.c).
+    """
 
     def __init__(self) -> None:
         postgres = ctypes.CDLL(None)
         self.is_in_parallel_mode = postgres.IsInParallelMode
         self.is_in_parallel_mode.restype = ctypes.c_bool
         self.is_in_parallel_mode.argtypes = []
+        # volatile sig_atomic_t: an int on every platform PostgreSQL runs on
         self.interrupt_pending = ctypes.c_int.in_dll(postgres, "InterruptPending")
         self.statement_start = postgres.GetCurrentStatementStartTimestamp
+        self.statement_start.restype = ctypes.c_int64  # TimestampTz: microseconds
+        self.statement_start.argtypes = []
         self.subtransaction = postgres.GetCurrentSubTransactionId
         self.subtransaction.restype = ctypes.c_uint32  # SubTransactionId
         self.subtransaction.argtypes = []
-        self.now = postgres.GetCurrentTimestamp
-        for clock in (self.statement_start, self.now):
-            clock.restype = ctypes.c_int64  # TimestampTz: microseconds
-            clock.argtypes = []
-        # The statement_timeout timer itself, as PostgreSQL armed it for this statement.
-        self.timeout_active = postgres.get_timeout_active
-        self.timeout_active.restype = ctypes.c_bool
-        self.timeout_active.argtypes = [ctypes.c_int]
-        self.timeout_finish = postgres.get_timeout_finish_time
-        self.timeout_finish.restype = ctypes.c_int64
-        self.timeout_finish.argtypes = [ctypes.c_int]
         self.get_config_option = postgres.GetConfigOption
         self.get_config_option.restype = ctypes.c_char_p
         self.get_config_option.argtypes = [ctypes.c_char_p, ctypes.c_bool, ctypes.c_bool]
+        # Our library, by path: loading it again only finds the copy that
+        # shared_preload_libraries or a call of one of its SQL functions loaded, and
+        # loading it first is harmless (PostgreSQL runs _PG_init when it loads it too).
+        # pkglib_path is char[MAXPGPATH], what $libdir stands for.
+        libdir = ctypes.c_char_p(ctypes.addressof(ctypes.c_char.in_dll(postgres, "pkglib_path")))
+        native = ctypes.CDLL(os.path.join(os.fsdecode(libdir.value), "azure_ai_sim.so"))
+        self.statement_timeout_left = native.azure_ai_sim_statement_timeout_left
+        self.statement_timeout_left.restype = ctypes.c_int64  # microseconds, -1: none
+        self.statement_timeout_left.argtypes = []
 
 
 def _postgres() -> _Backend:
@@ -103,16 +111,10 @@ class PerStatement(Generic[T]):
         self._statement = None
 
 
-STATEMENT_TIMEOUT = 3  # TimeoutId in PostgreSQL's utils/timeout.h
-
-
 def statement_seconds_left() -> float | None:
     """When the statement_timeout timer of this statement fires; None if none is armed."""
-    backend = _postgres()
-    if not backend.timeout_active(STATEMENT_TIMEOUT):
-        return None
-    left_us = backend.timeout_finish(STATEMENT_TIMEOUT) - backend.now()
-    return max(left_us / 1e6, 0.0)
+    left_us = _postgres().statement_timeout_left()
+    return None if left_us < 0 else left_us / 1e6
 
 
 def setting(name: str) -> str | None:
