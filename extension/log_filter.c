@@ -19,7 +19,7 @@
  *
  * post_parse_analyze_hook, emit_log_hook, pgstat_report_activity, debug_query_string
  * and the ErrorData and Query fields used here are the same in PostgreSQL 15, 16 and 17;
- * only _PG_init's declaration moved into fmgr.h (16).
+ * _PG_init's declaration moved into fmgr.h (16), and a DETAIL we match got a capital.
  */
 #include "postgres.h"
 
@@ -121,10 +121,13 @@ filter_log(ErrorData *edata)
 		edata->hide_stmt = true;
 		/* "statement: %s", "duration: ... statement: %s", "execute <name>: %s" */
 		edata->message = without_statement(edata->message);
-		/* the extended protocol's bound values (log_parameter_max_length) */
-		if (edata->detail && strncmp(edata->detail, "parameters: ", 12) == 0)
+		/*
+		 * the extended protocol's bound values (log_parameter_max_length):
+		 * "parameters: ..." in 15, "Parameters: ..." in 17
+		 */
+		if (edata->detail && pg_strncasecmp(edata->detail, "parameters: ", 12) == 0)
 			edata->detail = pstrdup(HIDDEN);
-		if (edata->detail_log && strncmp(edata->detail_log, "parameters: ", 12) == 0)
+		if (edata->detail_log && pg_strncasecmp(edata->detail_log, "parameters: ", 12) == 0)
 			edata->detail_log = pstrdup(HIDDEN);
 		/*
 		 * The same values after an error (log_parameter_max_length_on_error):
