@@ -107,12 +107,18 @@ def test_sql_file_prints_its_expected_output(server, simulators, name):
     with server.database(f"regress_{name}") as dsn:
         actual = run_sql_file(server, dsn, name, simulators)
     expected_path = EXPECTED_DIR / f"{name}.out"
+    # pg_regress's alternatives, <name>_1.out, ...: where a PostgreSQL major prints
+    # otherwise (17 lists the row and array types of an extension's tables in \dx+)
+    alternatives = sorted(EXPECTED_DIR.glob(f"{name}_[0-9].out"))
     if UPDATE:
-        expected_path.write_text(actual, encoding="utf-8")
+        if not any(path.read_text(encoding="utf-8") == actual for path in alternatives):
+            expected_path.write_text(actual, encoding="utf-8")
         return
     assert expected_path.exists(), f"no {expected_path}: run with AZURE_AI_SIM_REGRESS_UPDATE=1"
     expected = expected_path.read_text(encoding="utf-8")
-    if actual != expected:
+    if actual != expected and all(
+        path.read_text(encoding="utf-8") != actual for path in alternatives
+    ):
         diff = difflib.unified_diff(
             expected.splitlines(keepends=True),
             actual.splitlines(keepends=True),
