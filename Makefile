@@ -31,6 +31,12 @@ lint: $(VENV)/.installed
 test: install lint
 	$(PYTHON) -m pytest tests --ignore=tests/bench
 
+# The whole suite against PostgreSQL 17: `make test` inside a Debian 13 (trixie) chroot
+# (extension/chroot.sh). Not part of `make test`: a first run takes minutes more.
+.PHONY: test-pg17
+test-pg17:
+	extension/chroot.sh trixie test
+
 bench: install $(VENV)/.installed
 	$(PYTHON) -m pytest tests/bench -s
 
