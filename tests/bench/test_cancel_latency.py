@@ -27,13 +27,6 @@ CALL = (
 RESULT = Path(__file__).resolve().parents[2] / "build" / "bench" / "cancel_latency.json"
 
 
-@pytest.fixture(scope="module")
-def bench_database(database):
-    with psycopg.connect(database, autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION azure_local_ai CASCADE")
-    return database
-
-
 def cancel_latency(database: str, rng: random.Random) -> float:
     """Seconds from pg_cancel_backend to the error, at a random moment of the call."""
     ended: dict[str, float] = {}
@@ -76,12 +69,12 @@ def summary(seconds: list[float]) -> dict[str, float]:
             "max_ms": ms[-1], "rounds": len(ms)}  # fmt: skip
 
 
-def test_cancel_latency(bench_database):
+def test_cancel_latency(local_ai):
     rng = random.Random(8)
     cancels, timeouts = [], []
     for _ in range(ROUNDS):  # interleaved: the machine is shared and noisy
-        cancels.append(cancel_latency(bench_database, rng))
-        timeouts.append(timeout_latency(bench_database, rng))
+        cancels.append(cancel_latency(local_ai, rng))
+        timeouts.append(timeout_latency(local_ai, rng))
     result = {
         "benchmark": "cancel_latency",
         "call": CALL,

