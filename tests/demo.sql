@@ -85,6 +85,8 @@ SELECT array_length(aws_bedrock.invoke_model_get_embeddings(model_id := 'amazon.
 SELECT extname, extversion FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY extname;
 
 -- Mistakes get errors that name the setting and never echo a value (both fail on purpose).
+\echo
+\echo '== Two deliberate mistakes follow: their ERRORs are part of the demo. =='
 \set ON_ERROR_STOP off
 \set SHOW_CONTEXT never
 SELECT azure_ai.set_setting('azure_ml.scoring_endpoint', 'x.example/score');

@@ -28,5 +28,6 @@ def test_demo_runs_and_prints_results(server, database, azureml):
         'ERROR:  azure_ai.set_setting: invalid value for setting "azure_ml.scoring_endpoint": '
         "must be an http:// or https:// URL with a host" in output
     )
+    assert "== Two deliberate mistakes follow: their ERRORs are part of the demo. ==" in output
     assert "ERROR:  azure_ai.get_setting: unknown setting key (not shown" in output
     assert 'HINT:  Did you mean "azure_ml.endpoint_key"?' in output
