@@ -12,7 +12,6 @@ pg_config=$(extension/pg_config.sh)
 libdir=${AZURE_AI_SIM_LIBDIR:-/usr/local/lib/azure_ai_sim}
 modeldir=${AZURE_AI_SIM_MODELDIR:-/usr/local/share/azure_ai_sim/models}
 cache=${AZURE_AI_SIM_CACHE:-$HOME/.cache/azure_ai_sim}
-version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' python/azure_ai_sim/__init__.py)
 python=/usr/bin/python3
 
 # PL/Python embeds libpython, not /usr/bin/python3: the two must be the same version,
@@ -62,5 +61,5 @@ for control in control/*.control; do  # scripts of versions this tree no longer 
 done
 PYTHONPATH="$release" "$python" -s -m azure_ai_sim.boot \
     --libdir "$libdir" --modeldir "$modeldir" --out "$extdir" sql/*.sql
-echo "installed azure_ai_sim $version into $release, its models into $modeldir,"
+echo "installed azure_ai_sim into $release, its models into $modeldir,"
 echo "and the extensions into $extdir"

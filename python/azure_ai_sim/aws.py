@@ -175,7 +175,6 @@ def _assumed(
             "STS answered AssumeRole with no credentials in it: "
             + repr(redaction.excerpt(reply.body, 100, request.secrets))
         ) from None
-    redaction.remember(credentials.secret_key, credentials.token)
     _assumed_roles[key] = (credentials, expires)
     return credentials
 

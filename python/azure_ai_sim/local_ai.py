@@ -109,9 +109,8 @@ def _model(model_uri: str | None, deadline: transport.Deadline | None = None) ->
     is loaded is known by its registry row and files, so that another model registered
     under the same name or path (or a register rolled back) is never taken for it."""
     row = _registered(model_uri)
-    loaded = _loaded.get(row["model_uri"])
-    if loaded is not None and loaded[0] == _key(row):
-        return loaded[1]
+    if _is_loaded(row):
+        return _loaded[row["model_uri"]][1]
     if row["builtin"]:  # make install swaps their directory whole, never writes in place
         model_path, tokenizer_path = row["model_path"], row["tokenizer_path"]
     else:
@@ -119,17 +118,20 @@ def _model(model_uri: str | None, deadline: transport.Deadline | None = None) ->
         model_path = str(stored / os.path.basename(row["model_path"]))
         tokenizer_path = str(stored / os.path.basename(row["tokenizer_path"]))
     model = Model(model_path, tokenizer_path, _threads(), row["metadata"]["max_tokens"])
-    _loaded[row["model_uri"]] = (_key(row), model)
+    _loaded[row["model_uri"]] = (row["key"], model)
     return model
 
 
-def _key(row: dict[str, Any]) -> tuple:
-    return row["id"], row["model_path"], model_store.digest(row["metadata"].get("files", []))
+def _with_key(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with what identifies its content: id, path and the checksums of its files.
+    Computed once per registry read, not per call."""
+    files = row["metadata"].get("files", [])
+    return {**row, "key": (row["id"], row["model_path"], model_store.digest(files))}
 
 
 def _is_loaded(row: dict[str, Any]) -> bool:
     loaded = _loaded.get(row["model_uri"])
-    return loaded is not None and loaded[0] == _key(row)
+    return loaded is not None and loaded[0] == row["key"]
 
 
 def _threads() -> Threads:
@@ -150,7 +152,10 @@ def _read_registry() -> dict[str, dict[str, Any]]:
         "SELECT id, model_uri, model_path, tokenizer_path, metadata::text, builtin"
         " FROM azure_local_ai.models"
     )
-    return {row["model_uri"]: {**row, "metadata": json.loads(row["metadata"])} for row in rows}
+    return {
+        row["model_uri"]: _with_key({**row, "metadata": json.loads(row["metadata"])})
+        for row in rows
+    }
 
 
 # The registered models as this statement sees them.
@@ -223,8 +228,8 @@ def model_register(
     )
     _registry.forget()
     model_id = rows[0]["id"]
-    row = {"id": model_id, "model_uri": model_uri, "model_path": model_path, "metadata": metadata}
-    _loaded[model_uri] = (_key(row), model)
+    row = _with_key({"id": model_id, "model_path": model_path, "metadata": metadata})
+    _loaded[model_uri] = (row["key"], model)
     return model_id
 
 

@@ -95,8 +95,14 @@ class SettingsTable:
     def _read_all(self) -> dict[str, str]:
         rows = pg.execute(f"SELECT key, value FROM {self.table}")
         values = {row["key"]: row["value"] for row in rows}
-        redaction.remember(*(v for k, v in values.items() if self._check(k) is secret))
+        for key, value in values.items():
+            self._remember_if_secret(key, value)
         return values
+
+    def _remember_if_secret(self, key: str, value: str | None) -> None:
+        """Values of keys and tokens are scrubbed from every message (redaction.py)."""
+        if self._check(key) is secret:
+            redaction.remember(value)
 
     def validate(self, key: str | None, value: str | None) -> str:
         """Returns the key once it and the value are known to be acceptable."""
@@ -130,15 +136,13 @@ class SettingsTable:
         key = self.validate(key, None)
         rows = pg.execute(f"SELECT value FROM {self.table} WHERE key = $1", ["text"], [key])
         value = rows[0]["value"] if rows else None
-        if self._check(key) is secret:
-            redaction.remember(value)
+        self._remember_if_secret(key, value)
         return value
 
     def set(self, key: str | None, value: str | None) -> None:
         """Stores the value in one statement; NULL removes the setting."""
         key = self.validate(key, value)
-        if self._check(key) is secret:
-            redaction.remember(value)
+        self._remember_if_secret(key, value)
         self._snapshot.forget()
         if value is None:
             pg.execute(f"DELETE FROM {self.table} WHERE key = $1", ["text"], [key])
