@@ -24,6 +24,9 @@ from typing import Any
 
 from azure_ai_sim import errors, pg
 
+REGISTER_AGAIN = (
+    "Register it again: azure_local_ai.model_unregister, then azure_local_ai.model_register."
+)
 CHUNK_BYTES = 1 << 20  # between two chunks: a look at the deadline and for a cancel
 
 
@@ -81,8 +84,7 @@ def directory(model_uri: str, files: list[dict[str, Any]], deadline: Any = None)
             if _sha256(target / name_of(file), deadline) != file["sha256"]:
                 raise errors.InvalidParameter(
                     f'model "{model_uri}" cannot be loaded: its stored copy {target} is damaged',
-                    hint="Register it again: azure_local_ai.model_unregister, then "
-                    "azure_local_ai.model_register.",
+                    hint=REGISTER_AGAIN,
                 )
         return target
     scratch = _scratch()
@@ -93,8 +95,7 @@ def directory(model_uri: str, files: list[dict[str, Any]], deadline: Any = None)
                 raise errors.InvalidParameter(
                     f'model "{model_uri}" cannot be loaded: its file {file["path"]} '
                     + ("is gone" if copied is None else "changed since it was registered"),
-                    hint="Register it again: azure_local_ai.model_unregister, then "
-                    "azure_local_ai.model_register.",
+                    hint=REGISTER_AGAIN,
                 )
         return _publish(scratch, target.name)
     finally:
