@@ -61,6 +61,9 @@ class _Backend:
         self.statement_timeout_left = native.azure_ai_sim_statement_timeout_left
         self.statement_timeout_left.restype = ctypes.c_int64  # microseconds, -1: none
         self.statement_timeout_left.argtypes = []
+        self.caller_reads_server_files = native.azure_ai_sim_caller_reads_server_files
+        self.caller_reads_server_files.restype = ctypes.c_bool
+        self.caller_reads_server_files.argtypes = []
 
 
 def _postgres() -> _Backend:
@@ -115,6 +118,12 @@ def statement_seconds_left() -> float | None:
     """When the statement_timeout timer of this statement fires; None if none is armed."""
     left_us = _postgres().statement_timeout_left()
     return None if left_us < 0 else left_us / 1e6
+
+
+def caller_reads_server_files() -> bool:
+    """Whether the role calling our SECURITY DEFINER function, not its owner, may read
+    any file of the server (a superuser or a pg_read_server_files member)."""
+    return _postgres().caller_reads_server_files()
 
 
 def setting(name: str) -> str | None:
