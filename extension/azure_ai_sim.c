@@ -3,13 +3,15 @@
  */
 #include "postgres.h"
 
+#include "catalog/dependency.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
-#include "nodes/makefuncs.h"
-#include "parser/parse_func.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/syscache.h"
 
 PG_MODULE_MAGIC;
 
@@ -52,7 +54,7 @@ azure_ai_sim_float4_array(PG_FUNCTION_ARGS)
  *
  * Only C can take VARIADIC "any". This turns every argument into its text form (the
  * type's own output function; one-dimensional arrays flattened in order; NULL stays NULL)
- * and hands a text[] to aws_sagemaker._invoke_endpoint(text, integer, text[]), the
+ * and hands a text[] to _invoke_endpoint(text, integer, text[]) (core_function), the
  * PL/Python core that does everything else. The shim itself uses no SPI.
  */
 PG_FUNCTION_INFO_V1(azure_ai_sim_invoke_endpoint);
@@ -116,6 +118,41 @@ add_argument(FieldList *fields, Datum value, bool isnull, Oid type)
 		add_field(fields, elements[i], nulls[i], element);
 }
 
+/*
+ * The PL/Python core of the shim: _invoke_endpoint(text, integer, text[]) of the same
+ * extension as the shim, in aws_ml_internal (aws_ml 2.0.1 on) or aws_sagemaker (1.0 and
+ * 2.0). Looked up without the caller's search_path or schema privileges, which decide
+ * nothing here: the caller was allowed to run the shim.
+ */
+static Oid
+core_function(Oid shim)
+{
+	const char *schemas[] = {"aws_ml_internal", "aws_sagemaker"};
+	Oid			argtypes[3] = {TEXTOID, INT4OID, TEXTARRAYOID};
+	oidvector  *signature = buildoidvector(argtypes, 3);
+	Oid			extension = getExtensionOfObject(ProcedureRelationId, shim);
+
+	for (int i = 0; i < lengthof(schemas); i++)
+	{
+		Oid			schema = get_namespace_oid(schemas[i], true);
+		Oid			core;
+
+		if (!OidIsValid(schema))
+			continue;
+		core = GetSysCacheOid3(PROCNAMEARGSNSP, Anum_pg_proc_oid,
+							   CStringGetDatum("_invoke_endpoint"),
+							   PointerGetDatum(signature), ObjectIdGetDatum(schema));
+		if (OidIsValid(core) &&
+			getExtensionOfObject(ProcedureRelationId, core) == extension)
+			return core;
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_FUNCTION),
+			 errmsg("aws_sagemaker.invoke_endpoint: its core, _invoke_endpoint(text, integer, text[]), is missing"),
+			 errhint("DROP EXTENSION aws_ml, then CREATE EXTENSION aws_ml.")));
+	return InvalidOid;			/* keep compiler quiet */
+}
+
 Datum
 azure_ai_sim_invoke_endpoint(PG_FUNCTION_ARGS)
 {
@@ -128,13 +165,8 @@ azure_ai_sim_invoke_endpoint(PG_FUNCTION_ARGS)
 
 	if (core == NULL)
 	{
-		Oid			argtypes[3] = {TEXTOID, INT4OID, TEXTARRAYOID};
-		Oid			oid = LookupFuncName(list_make2(makeString("aws_sagemaker"),
-													makeString("_invoke_endpoint")),
-										 3, argtypes, true);
+		Oid			oid = core_function(fcinfo->flinfo->fn_oid);
 
-		if (!OidIsValid(oid))
-			elog(ERROR, "aws_sagemaker._invoke_endpoint(text, integer, text[]) is missing");
 		core = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, sizeof(FmgrInfo));
 		fmgr_info_cxt(oid, core, fcinfo->flinfo->fn_mcxt);
 		fcinfo->flinfo->fn_extra = core;

@@ -26,7 +26,7 @@ def test_azure_ai_needs_no_cascade(conn):
     conn.execute("CREATE EXTENSION azure_ai")
     try:
         assert messages == []
-        assert extensions(conn)["azure_ai"] == "0.1.0"
+        assert extensions(conn)["azure_ai"] == "0.1.1"
         assert {"azure_ai", "azure_ml"} <= schemas(conn)
         assert "azure_ai_settings_manager" in roles(conn)
         assert conn.execute("SELECT azure_ai.version()").fetchone() == ("0.1.0",)
@@ -66,7 +66,7 @@ def test_aws_ml_cascade_prints_aurora_notice(conn):
     conn.execute("CREATE EXTENSION IF NOT EXISTS aws_ml CASCADE")
     try:
         assert messages == ['installing required extension "aws_commons"']
-        assert extensions(conn)["aws_ml"] == "2.0"
+        assert extensions(conn)["aws_ml"] == "2.0.1"
         assert extensions(conn)["aws_commons"] == "1.2"
         assert {"aws_sagemaker", "aws_comprehend", "aws_bedrock", "aws_commons"} <= schemas(conn)
         assert "aws_ml" in roles(conn)
@@ -178,7 +178,7 @@ def test_azure_local_ai_0_1_0_updates_to_0_1_1(conn):
     try:
         assert conn.execute(call).fetchone() == (4,)  # 0.1.0: four rows with NULL ids
         conn.execute("ALTER EXTENSION azure_local_ai UPDATE")
-        assert extensions(conn)["azure_local_ai"] == "0.1.1"
+        assert extensions(conn)["azure_local_ai"] == "0.1.2"
         with pytest.raises(psycopg.errors.InvalidParameterValue, match="one-dimensional"):
             conn.execute(call)
     finally:
@@ -195,3 +195,23 @@ def test_released_scripts_never_change():
         assert script.name in released, f"{script.name} is not in sql/released.sha256"
         digest = hashlib.sha256(script.read_bytes()).hexdigest()
         assert digest == released[script.name], f"{script.name} changed after its release"
+
+
+def test_every_object_says_what_it_is(conn):
+    """COMMENT ON for every object of our extensions, as \\dx+ lists them (not the row and
+    array types PostgreSQL makes for tables). aws_commons keeps Aurora's 1.2 as it is."""
+    conn.execute("CREATE EXTENSION azure_ai")
+    conn.execute("CREATE EXTENSION azure_local_ai CASCADE")
+    conn.execute("CREATE EXTENSION aws_ml CASCADE")
+    try:
+        silent = conn.execute(
+            "SELECT e.extname, pg_describe_object(d.classid, d.objid, 0)"
+            " FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid"
+            " WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'"
+            " AND e.extname IN ('azure_ai', 'azure_local_ai', 'aws_ml')"
+            " AND d.classid <> 'pg_type'::regclass"
+            " AND obj_description(d.objid, d.classid::regclass::name) IS NULL ORDER BY 1, 2"
+        ).fetchall()
+    finally:
+        conn.execute("DROP EXTENSION azure_ai, azure_local_ai, vector, aws_ml, aws_commons")
+    assert silent == []

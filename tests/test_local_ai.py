@@ -170,7 +170,9 @@ def test_a_long_call_can_be_cancelled(conn, database):
 
 @pytest.fixture
 def manager(conn, make_role):
-    role = make_role("azure_local_ai_setting_manager")
+    """A manager who may also read any server file, so registers models from anywhere
+    (test_trusted.py tests those who may not)."""
+    role = make_role("azure_local_ai_setting_manager", "pg_read_server_files")
     conn.execute(f"SET ROLE {role}")
     yield role
     conn.execute("RESET ROLE")

@@ -37,6 +37,10 @@ class NullValueNotAllowed(Error):
     sqlstate = "22004"  # null_value_not_allowed
 
 
+class PermissionDenied(Error):
+    sqlstate = "42501"  # insufficient_privilege
+
+
 class ParallelMode(Error):
     sqlstate = "25000"  # invalid_transaction_state, as PostgreSQL's own parallel-mode errors
 

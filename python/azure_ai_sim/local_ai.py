@@ -177,10 +177,11 @@ def _registered(model_uri: str | None) -> dict[str, Any]:
 @pg.sql_function("azure_local_ai.model_register")
 def model_register(
     model_uri: str | None, model_path: str | None, tokenizer_path: str | None,
-    timeout_ms: int | None = None,
+    timeout_ms: int | None = None, model_directory: str | None = None,
 ) -> int:  # fmt: skip
     """Copies the files into the model store, checks that the copy loads and embeds, then
-    records it; nothing is left on failure."""
+    records it; nothing is left on failure. model_directory is where callers who may not
+    read every server file take models from (None: scripts before 0.1.2 named none)."""
     if model_uri is None or not MODEL_URI.fullmatch(model_uri):
         raise errors.InvalidParameter(
             "model_uri must be a name such as my-model:v1 (letters, digits, . _ - /, one :)"
@@ -192,9 +193,9 @@ def model_register(
             f'model "{model_uri}" is already registered',
             hint="Unregister it first with azure_local_ai.model_unregister.",
         )
-    model_path = readable_file(model_path, "model_path")
-    tokenizer_path = readable_file(
-        tokenizer_path or _tokenizer_beside(model_path), "tokenizer_path"
+    model_path = _readable(model_path, "model_path", model_directory)
+    tokenizer_path = _readable(
+        tokenizer_path or _tokenizer_beside(model_path), "tokenizer_path", model_directory
     )
     max_tokens = 512
 
@@ -231,6 +232,30 @@ def model_register(
     row = _with_key({"id": model_id, "model_path": model_path, "metadata": metadata})
     _loaded[model_uri] = (row["key"], model)
     return model_id
+
+
+def _readable(path: str | None, what: str, model_directory: str | None) -> str:
+    """A file the caller may have the server read: any, for a superuser or a member of
+    pg_read_server_files (as COPY FROM a file); for others, only a file of the model
+    directory, checked before the file is looked at, so that nothing is learnt of others."""
+    if not path or not os.path.isabs(path) or pg.caller_reads_server_files():
+        return readable_file(path, what)
+    if model_directory is None:
+        raise errors.PermissionDenied(
+            "only a superuser or a member of pg_read_server_files may register models "
+            "with this version of azure_local_ai",
+            hint="ALTER EXTENSION azure_local_ai UPDATE: from 0.1.2 on, others may register "
+            "the models of the model directory.",
+        )
+    directory = os.path.realpath(model_directory)
+    if os.path.commonpath([os.path.realpath(path), directory]) != directory:
+        raise errors.PermissionDenied(
+            f"{what} {shown_path(path)} is outside the model directory {model_directory}",
+            hint="Only a superuser or a member of pg_read_server_files may register models "
+            "from elsewhere; a server administrator can copy the files into the model "
+            "directory.",
+        )
+    return readable_file(path, what)
 
 
 def _tokenizer_beside(model_path: str) -> str:
