@@ -19,6 +19,8 @@ GRANT USAGE ON SCHEMA aws_sagemaker, aws_comprehend, aws_bedrock, aws_ml
     TO @extowner@ WITH GRANT OPTION;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA aws_sagemaker, aws_comprehend, aws_bedrock, aws_ml
     TO @extowner@ WITH GRANT OPTION;
+-- So that the owner's pg_dump of the database, and its restore, carry the settings.
+GRANT SELECT, INSERT ON aws_ml.settings TO @extowner@;
 
 COMMENT ON SCHEMA aws_sagemaker IS 'Amazon SageMaker endpoints from SQL (aws_ml)';
 COMMENT ON SCHEMA aws_comprehend IS 'Amazon Comprehend from SQL (aws_ml)';

@@ -14,6 +14,8 @@ ALTER FUNCTION azure_ai.plpython_validator(oid) SET SCHEMA azure_ai_internal;
 -- owns the functions; @extowner@ is the role that created (or owns) the extension.
 GRANT EXECUTE ON FUNCTION azure_ai.set_setting(text, text), azure_ai.get_setting(text)
     TO @extowner@ WITH GRANT OPTION;
+-- So that the owner's pg_dump of the database, and its restore, carry the settings.
+GRANT SELECT, INSERT ON azure_ai.settings TO @extowner@;
 
 COMMENT ON SCHEMA azure_ai IS 'Settings of the Azure services (azure_ai)';
 COMMENT ON SCHEMA azure_ml IS 'Azure Machine Learning endpoints from SQL (azure_ai)';

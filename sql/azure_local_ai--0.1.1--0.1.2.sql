@@ -62,6 +62,11 @@ GRANT EXECUTE ON FUNCTION
     azure_local_ai.model_register(text, text, text, integer),
     azure_local_ai.model_unregister(text, integer)
 TO @extowner@ WITH GRANT OPTION;
+-- So that the owner's pg_dump of the database works, and its restore carries the
+-- settings. Registry rows are written only by model_register: a row names the files the
+-- server reads, so a restore by the owner leaves registered models to register again.
+GRANT SELECT, INSERT ON azure_local_ai.settings TO @extowner@;
+GRANT SELECT ON azure_local_ai.models, azure_local_ai.models_id_seq TO @extowner@;
 
 COMMENT ON SCHEMA azure_local_ai IS 'Embeddings computed in the database (azure_local_ai)';
 COMMENT ON SCHEMA azure_local_ai_internal IS

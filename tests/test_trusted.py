@@ -127,6 +127,40 @@ def test_the_owner_delegates_in_their_database(owned, server):
             conn.execute(f"DROP ROLE {colleague}")
 
 
+def test_the_owner_dumps_and_restores_their_database(owned, server):
+    """pg_dump as the owner works and carries the settings; restored by the owner into a
+    new database of theirs, the settings come back. Registry rows are not the owner's to
+    write (a row names files the server reads): the registry's COPY fails, the rest goes on."""
+    with owned.connect() as conn:
+        conn.execute("SELECT azure_ai.set_setting('azure_ml.endpoint_key', 'dump-me')")
+        conn.execute("SELECT aws_ml.set_setting('region', 'eu-west-1')")
+        conn.execute("SELECT azure_local_ai.set_setting('spin_control', 'false')")
+    dump = server.run("pg_dump", "-d", owned.dsn)
+    assert dump.returncode == 0, dump.stderr
+    copy = f"{owned.owner}_copy"
+    with server.connect() as conn:
+        conn.execute(f"CREATE DATABASE {copy} OWNER {owned.owner}")
+    try:
+        with server.connect(copy) as conn:
+            conn.execute("CREATE EXTENSION vector")
+        as_owner = make_conninfo(server.dsn_for(copy), user=owned.owner)
+        restore = server.run("psql", "-X", "-q", "-d", as_owner, input=dump.stdout)
+        errors = [line for line in restore.stderr.splitlines() if "ERROR" in line]
+        assert errors == [
+            "ERROR:  must be owner of extension vector",  # pg_dump's COMMENT ON EXTENSION
+            "ERROR:  permission denied for table models",
+            "ERROR:  permission denied for sequence models_id_seq",
+        ], restore.stderr
+        with psycopg.connect(as_owner) as conn:
+            assert conn.execute(
+                "SELECT azure_ai.get_setting('azure_ml.endpoint_key'),"
+                " aws_ml.get_setting('region'), azure_local_ai.get_setting('spin_control')"
+            ).fetchone() == ("dump-me", "eu-west-1", "false")
+    finally:
+        with server.connect() as conn:
+            conn.execute(f"DROP DATABASE {copy} WITH (FORCE)")
+
+
 # --- what the owner cannot do -------------------------------------------------------------
 
 
@@ -152,7 +186,8 @@ def test_no_python_of_their_own(owned, language):
         "INSERT INTO azure_local_ai.models (model_uri, model_path, tokenizer_path, metadata,"
         " builtin) VALUES ('x:v1', '/etc/passwd', '/etc/passwd', '{}', true)",
         "UPDATE azure_local_ai.models SET model_path = '/etc/passwd'",
-        "INSERT INTO azure_ai.settings VALUES ('azure_ml.scoring_endpoint', 'http://h')",
+        "UPDATE azure_ai.settings SET value = 'http://h'",
+        "DELETE FROM aws_ml.settings",
         "GRANT azure_ai_settings_manager TO CURRENT_USER",
         "GRANT aws_ml TO CURRENT_USER",
         "ALTER EXTENSION azure_ai DROP FUNCTION azure_ai.version()",
