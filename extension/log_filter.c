@@ -34,6 +34,7 @@
 #if PG_VERSION_NUM < 160000
 void		_PG_init(void);		/* fmgr.h declares it from 16 on */
 #endif
+extern PGDLLEXPORT void azure_ai_sim_error_report_init(void);	/* error_report.c */
 
 static emit_log_hook_type prev_emit_log_hook = NULL;
 static post_parse_analyze_hook_type prev_post_parse_analyze_hook = NULL;
@@ -181,9 +182,10 @@ filter_activity(ParseState *pstate, Query *query, JumbleState *jstate)
 }
 
 /*
- * The library's _PG_init (it has one file's worth of hooks so far). Runs when the
- * library loads: at server start with shared_preload_libraries, otherwise in each
- * session that loads it.
+ * The library's _PG_init: this file's hooks and error_report.c's. Runs when the library
+ * loads: at server start with shared_preload_libraries, otherwise in each session that
+ * loads it. error_report.c's emit_log_hook, installed last, runs first: it sees the
+ * messages as PostgreSQL made them.
  */
 void
 _PG_init(void)
@@ -192,4 +194,5 @@ _PG_init(void)
 	emit_log_hook = filter_log;
 	prev_post_parse_analyze_hook = post_parse_analyze_hook;
 	post_parse_analyze_hook = filter_activity;
+	azure_ai_sim_error_report_init();
 }

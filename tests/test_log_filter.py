@@ -65,6 +65,7 @@ def test_a_non_manager_is_refused_without_the_key_in_the_log(
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             session.execute(f"SELECT {name}('{key}', '{secret}')")
         assert "ERROR:  permission denied for " in log()  # aws_ml: for schema aws_ml
+        assert "HINT:  Grant the role: GRANT " in log()  # error_report.c
         assert_hidden(conn, session, log, secret)
 
 

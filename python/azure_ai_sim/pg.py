@@ -7,6 +7,7 @@ from our native library where it needs PostgreSQL's headers (extension/backend.c
 
 from __future__ import annotations
 
+import codecs
 import ctypes
 import functools
 import os
@@ -64,6 +65,27 @@ class _Backend:
         self.caller_reads_server_files = native.azure_ai_sim_caller_reads_server_files
         self.caller_reads_server_files.restype = ctypes.c_bool
         self.caller_reads_server_files.argtypes = []
+        # extension/error_report.c: its hooks, installed here unless shared_preload_libraries
+        # did (loading the library through ctypes runs no _PG_init), and the message of an
+        # error of ours, in the server's encoding, whose traceback its hook then drops.
+        # Optional: a server started before this release runs an older library, whose
+        # errors just keep their traceback.
+        self.our_error: Any = getattr(native, "azure_ai_sim_our_error", None)
+        if self.our_error is not None:
+            self.our_error.restype = None
+            self.our_error.argtypes = [ctypes.c_char_p]
+            native.azure_ai_sim_error_report_init.restype = None
+            native.azure_ai_sim_error_report_init.argtypes = []
+            native.azure_ai_sim_error_report_init()
+        # The Python codec of the server's encoding, which PL/Python's messages are in
+        # (SQL_ASCII: PL/Python's UTF-8 as it is); None if Python has none.
+        encoding = (self.get_config_option(b"server_encoding", True, False) or b"").decode()
+        try:
+            self.message_codec: str | None = codecs.lookup(
+                {"UTF8": "utf-8", "SQL_ASCII": "utf-8"}.get(encoding, encoding.replace("WIN", "cp"))
+            ).name
+        except LookupError:
+            self.message_codec = None
 
 
 def _postgres() -> _Backend:
@@ -232,7 +254,29 @@ def sql_error(error: errors.Error, source: str) -> Exception:
     exception.sqlstate = error.sqlstate
     exception.detail = error.detail and redaction.scrub(error.detail)
     exception.hint = error.hint and redaction.scrub(error.hint)
+    _report_as_ours(exception)
     return exception
+
+
+def _report_as_ours(exception: BaseException) -> None:
+    """Tells the native library that PL/Python is about to report this exception as an
+    error of ours, whose Python traceback must then stay out of the error's CONTEXT
+    (extension/error_report.c). It knows the error by its message, made as PL/Python
+    makes it (plpy_elog.c): the class name, with its module unless builtins, ": " and
+    str(exception). Never raises: at worst the traceback stays."""
+    cls = type(exception)
+    name = cls.__name__
+    if cls.__module__ not in ("builtins", "__main__", "exceptions"):
+        name = f"{cls.__module__}.{name}"
+    try:
+        backend = _postgres()
+        if backend.our_error is None or backend.message_codec is None:
+            return
+        message = f"{name}: {exception}".encode(backend.message_codec)
+    except Exception:  # unencodable, or no backend symbols
+        return
+    if b"\0" not in message:
+        backend.our_error(message)
 
 
 def warning(error: errors.Error, source: str) -> None:
@@ -250,8 +294,8 @@ def sql_function(name: str) -> Callable[[F], F]:
     """Marks an entry point called from a PL/Python body; our errors become SQL errors.
 
     PostgreSQL's own errors (plpy.SPIError: a cancel, a constraint) pass as they are; any
-    other exception is a bug of ours, reported as XX000 without PL/Python's traceback,
-    and like every message scrubbed of secrets."""
+    other exception is a bug of ours, reported as XX000, and like every message scrubbed
+    of secrets. None of them shows PL/Python's traceback (see _report_as_ours)."""
 
     def decorate(function: F) -> F:
         @functools.wraps(function)
@@ -264,6 +308,7 @@ def sql_function(name: str) -> Callable[[F], F]:
                 import plpy
 
                 if isinstance(bug, (plpy.SPIError, plpy.Error)):  # SQL errors already
+                    _report_as_ours(bug)
                     raise
                 internal = errors.Error(f"internal error: {type(bug).__name__}: {bug}")
                 raise sql_error(internal, name) from None
