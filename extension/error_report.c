@@ -1,6 +1,6 @@
 /*
- * Errors as a user needs them: a message, a DETAIL, a HINT, and at most a line of CONTEXT
- * of ours.
+ * Errors as a user needs them: a message, a DETAIL, a HINT, and no CONTEXT of ours but
+ * the documented function's when it is SQL around an internal one.
  *
  * 1. Our PL/Python functions report errors through python/azure_ai_sim/pg.py
  *    (sql_error, sql_function). PL/Python puts the Python traceback first in the error's
@@ -11,8 +11,9 @@
  *    "PL/pgSQL function f() line 3 at PERFORM"). Just before it raises, pg.py hands us
  *    the message that PL/Python is going to report (azure_ai_sim_our_error); when an
  *    error with exactly that message is emitted, the emit_log_hook below cuts the
- *    traceback off its CONTEXT and keeps the rest, for the client and the server log
- *    alike. An error of anybody else's PL/Python (another message) keeps its traceback.
+ *    traceback off its CONTEXT, and PL/Python's line for our function (the message
+ *    starts with its documented name), and keeps the callers' lines, for the client and
+ *    the server log alike. An error of anybody else's PL/Python (another message) keeps its traceback.
  *    PL/Python's warnings (plpy.warning) carry no traceback: nothing to do there.
  *
  * 2. A role without EXECUTE on one of our functions gets PostgreSQL's 42501 "permission
@@ -77,6 +78,7 @@
 #include "utils/syscache.h"
 
 #define TRACEBACK_HEADER "Traceback (most recent call last):"
+#define PLPYTHON_LINE "PL/Python function \""
 
 /* Plain C, no fmgr: pg.py calls them through ctypes (backend.c says why PGDLLEXPORT) */
 extern PGDLLEXPORT void azure_ai_sim_error_report_init(void);
@@ -117,9 +119,12 @@ static struct
 	uint32		hashes[MAX_PLAN_FUNCTIONS];
 }			failed_plan;
 
-/* context without the Python traceback at its start, in the current memory context */
+/*
+ * context without the Python traceback at its start and PL/Python's line for our
+ * function, whose name the message already starts with; the callers' lines stay
+ */
 static char *
-without_traceback(char *context)
+without_our_lines(char *context)
 {
 	char	   *rest;
 
@@ -138,7 +143,15 @@ without_traceback(char *context)
 		return NULL;
 	if (rest[0] != '\n')
 		return context;			/* not PL/Python's traceback after all */
-	return pstrdup(rest + 1);
+	rest++;
+	if (strncmp(rest, PLPYTHON_LINE, strlen(PLPYTHON_LINE)) == 0)
+	{
+		rest = strchr(rest, '\n');
+		if (rest == NULL)
+			return NULL;
+		rest++;
+	}
+	return pstrdup(rest);
 }
 
 /* the object name in a message made from a format with one %s, or NULL */
@@ -374,7 +387,7 @@ report_error(ErrorData *edata)
 	{
 		free(our_message);
 		our_message = NULL;
-		edata->context = without_traceback(edata->context);
+		edata->context = without_our_lines(edata->context);
 	}
 	else if (edata->sqlerrcode == ERRCODE_INSUFFICIENT_PRIVILEGE &&
 			 edata->hint == NULL && edata->message_id != NULL &&

@@ -1,6 +1,7 @@
-"""Errors as a user needs them (extension/error_report.c): our errors keep one line of
-CONTEXT of ours, not PL/Python's traceback, for the client and in the server log; a role
-refused one of our functions gets a HINT that names the role to grant."""
+"""Errors as a user needs them (extension/error_report.c): our errors lose PL/Python's
+traceback and its line for our function (the message names it) from their CONTEXT, for the
+client and in the server log, and keep their callers' lines; a role refused one of our
+functions gets a HINT that names the role to grant."""
 
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ BEGIN
 END
 $$"""
 READ_KEY_CONTEXT = (
-    'PL/Python function "get_setting"\n'
     "SQL statement \"SELECT azure_ai.get_setting('nope')\"\n"
     "PL/pgSQL function read_key() line 3 at PERFORM"
 )
@@ -64,14 +64,24 @@ def error_of(conn: psycopg.Connection, statement: str) -> psycopg.Error:
     return raised.value
 
 
-# A. Our errors: one line of context of ours.
+# A. Our errors: no context of ours, the callers' kept.
 
 
-def test_a_direct_call_shows_one_line_of_context(conn):
+def test_a_direct_call_shows_no_context(conn):
     error = error_of(conn, "SELECT azure_ai.get_setting('nope')")
     assert error.sqlstate == "22023"
     assert error.diag.message_primary == UNKNOWN_KEY
-    assert error.diag.context == 'PL/Python function "get_setting"'
+    assert error.diag.context is None
+
+
+def test_an_sql_function_of_ours_shows_its_documented_name(conn):
+    error = error_of(
+        conn, "SELECT azure_local_ai.create_embeddings('multilingual-e5-small:v9', 'x')"
+    )
+    assert error.diag.message_primary == (
+        'azure_local_ai.create_embeddings: model "multilingual-e5-small:v9" is not registered'
+    )
+    assert error.diag.context == 'SQL function "create_embeddings" statement 1'
 
 
 def test_a_users_plpgsql_function_keeps_its_lines(conn):
@@ -111,9 +121,7 @@ def test_a_users_plpython_function_that_calls_ours_keeps_its_traceback(conn):
         'PL/Python function "calls_ours"'
     )
     # and ours, reported again later, still loses its traceback
-    assert error_of(conn, "SELECT azure_ai.get_setting('nope')").diag.context == (
-        'PL/Python function "get_setting"'
-    )
+    assert error_of(conn, "SELECT azure_ai.get_setting('nope')").diag.context is None
 
 
 def test_a_warning_shows_one_line_of_context(conn):
@@ -149,7 +157,8 @@ def test_the_server_log_shows_the_same_context(conn, log, verbosity):
     logged = log()
     assert "Traceback" not in logged
     direct, through_plpgsql = logged.split("STATEMENT:  SELECT azure_ai.get_setting('nope')\n")
-    assert logged_context(direct, UNKNOWN_KEY) == 'PL/Python function "get_setting"'
+    assert UNKNOWN_KEY in direct
+    assert "CONTEXT:" not in direct
     assert logged_context(through_plpgsql, UNKNOWN_KEY) == READ_KEY_CONTEXT
     if verbosity == "verbose":
         assert re.search(r"ERROR:  22023: azure_ai\.get_setting: .*\n(.*\n)*.*LOCATION:  ", direct)
@@ -387,7 +396,7 @@ def test_without_preload_our_first_error_loses_its_traceback_too(without_preload
     with psycopg.connect(without_preload, autocommit=True) as conn:
         for _ in range(2):
             error = error_of(conn, "SELECT azure_ai.get_setting('nope')")
-            assert error.diag.context == 'PL/Python function "get_setting"'
+            assert error.diag.context is None
 
 
 def test_without_preload_the_hint_comes_once_our_code_ran(without_preload):

@@ -62,9 +62,14 @@ class _Backend:
         self.statement_timeout_left = native.azure_ai_sim_statement_timeout_left
         self.statement_timeout_left.restype = ctypes.c_int64  # microseconds, -1: none
         self.statement_timeout_left.argtypes = []
-        self.caller_reads_server_files = native.azure_ai_sim_caller_reads_server_files
-        self.caller_reads_server_files.restype = ctypes.c_bool
-        self.caller_reads_server_files.argtypes = []
+        # Optional as well: a server started before 0.2.0 has an older library preloaded,
+        # and loading the new file by the same path finds that one.
+        self.caller_reads_server_files: Any = getattr(
+            native, "azure_ai_sim_caller_reads_server_files", None
+        )
+        if self.caller_reads_server_files is not None:
+            self.caller_reads_server_files.restype = ctypes.c_bool
+            self.caller_reads_server_files.argtypes = []
         # extension/error_report.c: its hooks, installed here unless shared_preload_libraries
         # did (loading the library through ctypes runs no _PG_init), and the message of an
         # error of ours, in the server's encoding, whose traceback its hook then drops.
@@ -145,7 +150,14 @@ def statement_seconds_left() -> float | None:
 def caller_reads_server_files() -> bool:
     """Whether the role calling our SECURITY DEFINER function, not its owner, may read
     any file of the server (a superuser or a pg_read_server_files member)."""
-    return _postgres().caller_reads_server_files()
+    check = _postgres().caller_reads_server_files
+    if check is None:
+        raise errors.VersionMismatch(
+            "this server runs an older azure_ai_sim native library, loaded when it started, "
+            "which cannot tell who called",
+            hint="Restart the server, so that it loads the library make install put in place.",
+        )
+    return check()
 
 
 def setting(name: str) -> str | None:

@@ -4,5 +4,4 @@ SELECT aws_commons.create_s3_uri('sample_s3_bucket', 'sample.csv', 'us-east-1') 
 SELECT (aws_commons.create_s3_uri('sample_s3_bucket', 'sample.csv', 'us-east-1')).*;
 SELECT aws_commons.create_aws_credentials('sample_access_key', 'sample_secret_key', '') AS credentials;
 SELECT (aws_commons.create_aws_credentials('sample_access_key', 'sample_secret_key', 'token')).*;
-\set SHOW_CONTEXT never
 SELECT aws_commons.create_s3_uri('sample_s3_bucket');

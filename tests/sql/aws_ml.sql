@@ -71,7 +71,6 @@ SELECT aws_bedrock.invoke_model('anthropic.claude-3-haiku-20240307-v1:0', 'appli
 
 -- Mistakes. Failed requests read with AWS's own code and message and the URL they went
 -- to; their DETAIL (attempts and request id) changes every run, so VERBOSITY terse.
-\set SHOW_CONTEXT never
 \set VERBOSITY terse
 SELECT aws_sagemaker.invoke_endpoint('nope', NULL, 1);
 SELECT aws_sagemaker.invoke_endpoint('housing', NULL, 1, 2);

@@ -16,7 +16,6 @@ SELECT azure_ai.get_setting('azure_cognitive.region') IS NULL AS removed;
 SELECT key FROM azure_ai.settings ORDER BY key;
 
 -- Mistakes: errors name the setting and what is wrong, never the value or an unknown key.
-\set SHOW_CONTEXT never
 SELECT azure_ai.get_setting('azure_ml.endpointkey');
 SELECT azure_ai.set_setting('azure_ml.scoring_endpoint', 'x.example/score');
 SELECT azure_ai.set_setting('azure_ml.scoring_endpoint', 'https://x.example/a score');

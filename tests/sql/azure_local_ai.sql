@@ -70,7 +70,6 @@ SELECT azure_local_ai.set_setting(ARRAY['spin_control', 'prepacking'], ARRAY['fa
 SELECT azure_local_ai.get_setting(ARRAY['inter_op_parallelism', 'spin_control', 'prepacking']);
 
 -- Mistakes.
-\set SHOW_CONTEXT never
 SELECT azure_local_ai.create_embeddings('multilingual-e5-small:v2', 'query: hello');
 SELECT azure_local_ai.create_embeddings('multilingual-e5-small:v1', ARRAY[['a', 'b'], ['c', 'd']]);
 SELECT azure_local_ai.create_embeddings('multilingual-e5-small:v1', 'query: hello', timeout_ms => 0);

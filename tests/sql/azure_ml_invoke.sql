@@ -1,7 +1,6 @@
 -- azure_ml.invoke against the Azure ML simulator: the examples of Azure's docs
 -- (README "azure_ml.invoke", tests/demo.sql).
 CREATE EXTENSION azure_ai;
-\set SHOW_CONTEXT never
 -- Before the endpoint is set: an error that says which setting to set.
 SELECT azure_ml.invoke('{"input_data": [[1,2,3,4,5,6,7,8]]}');
 
