@@ -3,6 +3,8 @@
 import psycopg
 import pytest
 
+import azure_ai_sim
+
 VALID = {
     "azure_ml.scoring_endpoint": "https://x.example/score",
     "azure_ml.endpoint_key": "ml-key-123",
@@ -132,7 +134,7 @@ def test_only_managers_and_superusers_may_read_or_write(conn, make_role):
             conn.execute(f"SELECT {call}")
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute("SELECT * FROM azure_ai.settings")
-    assert conn.execute("SELECT azure_ai.version()").fetchone() == ("0.1.0",)
+    assert conn.execute("SELECT azure_ai.version()").fetchone() == (azure_ai_sim.__version__,)
 
     conn.execute(f"SET ROLE {manager}")
     assert get_setting(conn, "azure_openai.subscription_key") == "top-secret"

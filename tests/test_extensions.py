@@ -5,6 +5,7 @@ import hashlib
 import psycopg
 import pytest
 
+import azure_ai_sim
 from cluster import ROOT
 from conftest import notices
 
@@ -29,7 +30,7 @@ def test_azure_ai_needs_no_cascade(conn):
         assert extensions(conn)["azure_ai"] == "0.1.1"
         assert {"azure_ai", "azure_ml"} <= schemas(conn)
         assert "azure_ai_settings_manager" in roles(conn)
-        assert conn.execute("SELECT azure_ai.version()").fetchone() == ("0.1.0",)
+        assert conn.execute("SELECT azure_ai.version()").fetchone() == (azure_ai_sim.__version__,)
     finally:
         conn.execute("DROP EXTENSION azure_ai")
     assert not {"azure_ai", "azure_ml"} & schemas(conn)

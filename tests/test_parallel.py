@@ -7,6 +7,7 @@ functions must work there without SPI or refuse cleanly, and leave the backend h
 import psycopg
 import pytest
 
+import azure_ai_sim
 from conftest import force_parallel
 
 # name: (definition, whether force_parallel() runs it in a worker under a Gather)
@@ -65,4 +66,4 @@ def test_version_works_in_parallel_workers(conn):
     query = "SELECT azure_ai.version() FROM generate_series(1, 3)"
     plan = "\n".join(row[0] for row in conn.execute(f"EXPLAIN VERBOSE {query}"))
     assert "Gather" in plan and "Output: azure_ai.version()" in plan
-    assert conn.execute(query).fetchall() == [("0.1.0",)] * 3
+    assert conn.execute(query).fetchall() == [(azure_ai_sim.__version__,)] * 3

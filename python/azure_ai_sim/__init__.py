@@ -6,7 +6,7 @@ backend finds it and pg.py for the only module that talks to PostgreSQL.
 
 import os
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Every backend imports this package; without these, numpy/OpenBLAS and tokenizers would
 # each start a thread pool per backend. They must be set before those libraries load.
