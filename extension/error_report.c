@@ -178,23 +178,16 @@ name_in_message(ErrorData *edata)
 	return pnstrdup(edata->message + prefix_len, len - prefix_len - suffix_len);
 }
 
+/* a function's (ProcedureRelationId) or a schema's (NamespaceRelationId) */
 static AclResult
-function_aclcheck(Oid function, Oid role, AclMode mode)
+aclcheck(Oid classid, Oid object, Oid role, AclMode mode)
 {
 #if PG_VERSION_NUM >= 160000
-	return object_aclcheck(ProcedureRelationId, function, role, mode);
+	return object_aclcheck(classid, object, role, mode);
 #else
-	return pg_proc_aclcheck(function, role, mode);
-#endif
-}
-
-static AclResult
-schema_aclcheck(Oid schema, Oid role, AclMode mode)
-{
-#if PG_VERSION_NUM >= 160000
-	return object_aclcheck(NamespaceRelationId, schema, role, mode);
-#else
-	return pg_namespace_aclcheck(schema, role, mode);
+	if (classid == ProcedureRelationId)
+		return pg_proc_aclcheck(object, role, mode);
+	return pg_namespace_aclcheck(object, role, mode);
 #endif
 }
 
@@ -283,7 +276,8 @@ function_hint(HeapTuple tuple, Oid user)
 	if (role_name == NULL || (user_name = GetUserNameFromId(user, true)) == NULL ||
 		(signature = function_signature(proc)) == NULL)
 		return NULL;
-	if (function_aclcheck(proc->oid, owner, ACL_GRANT_OPTION_FOR(ACL_EXECUTE)) == ACLCHECK_OK)
+	if (aclcheck(ProcedureRelationId, proc->oid, owner,
+				 ACL_GRANT_OPTION_FOR(ACL_EXECUTE)) == ACLCHECK_OK)
 	{
 		if ((owner_name = GetUserNameFromId(owner, true)) == NULL)
 			return NULL;
@@ -297,7 +291,8 @@ function_hint(HeapTuple tuple, Oid user)
 	}
 	grant = psprintf("GRANT EXECUTE ON FUNCTION %s TO %s; (%s)",
 					 signature, quote_identifier(user_name), grantor);
-	if (!OidIsValid(role) || function_aclcheck(proc->oid, role, ACL_EXECUTE) != ACLCHECK_OK)
+	if (!OidIsValid(role) ||
+		aclcheck(ProcedureRelationId, proc->oid, role, ACL_EXECUTE) != ACLCHECK_OK)
 		return psprintf("Grant EXECUTE on the function: %s.", grant);
 	return psprintf("Grant the role: GRANT %s TO %s; (a superuser), or EXECUTE on the function: %s.",
 					quote_identifier(role_name), quote_identifier(user_name), grant);
@@ -335,7 +330,7 @@ denied_function_hint(ErrorData *edata)
 		Oid			function = ((Form_pg_proc) GETSTRUCT(tuple))->oid;
 
 		if ((filter && !in_failed_plan(function)) ||
-			function_aclcheck(function, user, ACL_EXECUTE) == ACLCHECK_OK)
+			aclcheck(ProcedureRelationId, function, user, ACL_EXECUTE) == ACLCHECK_OK)
 			continue;
 		denied = tuple;
 		count++;
@@ -362,7 +357,7 @@ denied_schema_hint(ErrorData *edata)
 		return NULL;
 	role_name = manager_role(NamespaceRelationId, schema, &role, &extension, &owner);
 	if (role_name == NULL || !OidIsValid(role) ||
-		schema_aclcheck(schema, role, ACL_USAGE) != ACLCHECK_OK ||
+		aclcheck(NamespaceRelationId, schema, role, ACL_USAGE) != ACLCHECK_OK ||
 		(user_name = GetUserNameFromId(GetUserId(), true)) == NULL)
 		return NULL;
 	return psprintf("Grant the role: GRANT %s TO %s; (a superuser).",

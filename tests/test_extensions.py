@@ -89,7 +89,9 @@ def test_aws_ml_schemas_belong_to_the_aws_ml_role(conn, make_role):
         conn.execute("DROP EXTENSION aws_ml, aws_commons")
 
 
-def test_all_four_together_and_their_settings_tables_are_dumped(conn):
+def test_all_four_together_their_settings_dumped_and_every_object_commented(conn):
+    """COMMENT ON for every object of ours, as \\dx+ lists them (not the row and array
+    types PostgreSQL makes for tables); aws_commons keeps Aurora's 1.2 as it is."""
     conn.execute("CREATE EXTENSION azure_ai")
     conn.execute("CREATE EXTENSION azure_local_ai CASCADE")
     conn.execute("CREATE EXTENSION aws_ml CASCADE")
@@ -105,6 +107,15 @@ def test_all_four_together_and_their_settings_tables_are_dumped(conn):
             ("azure_local_ai", "azure_local_ai.models_id_seq"),
             ("azure_local_ai", "azure_local_ai.settings"),
         ]
+        silent = conn.execute(
+            "SELECT e.extname, pg_describe_object(d.classid, d.objid, 0)"
+            " FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid"
+            " WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'"
+            " AND e.extname IN ('azure_ai', 'azure_local_ai', 'aws_ml')"
+            " AND d.classid <> 'pg_type'::regclass"
+            " AND obj_description(d.objid, d.classid::regclass::name) IS NULL ORDER BY 1, 2"
+        ).fetchall()
+        assert silent == []
     finally:
         conn.execute("DROP EXTENSION azure_ai, azure_local_ai, vector, aws_ml, aws_commons")
     assert not {"azure_ai", "azure_local_ai", "aws_ml", "aws_commons", "vector"} & set(
@@ -196,23 +207,3 @@ def test_released_scripts_never_change():
         assert script.name in released, f"{script.name} is not in sql/released.sha256"
         digest = hashlib.sha256(script.read_bytes()).hexdigest()
         assert digest == released[script.name], f"{script.name} changed after its release"
-
-
-def test_every_object_says_what_it_is(conn):
-    """COMMENT ON for every object of our extensions, as \\dx+ lists them (not the row and
-    array types PostgreSQL makes for tables). aws_commons keeps Aurora's 1.2 as it is."""
-    conn.execute("CREATE EXTENSION azure_ai")
-    conn.execute("CREATE EXTENSION azure_local_ai CASCADE")
-    conn.execute("CREATE EXTENSION aws_ml CASCADE")
-    try:
-        silent = conn.execute(
-            "SELECT e.extname, pg_describe_object(d.classid, d.objid, 0)"
-            " FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid"
-            " WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'"
-            " AND e.extname IN ('azure_ai', 'azure_local_ai', 'aws_ml')"
-            " AND d.classid <> 'pg_type'::regclass"
-            " AND obj_description(d.objid, d.classid::regclass::name) IS NULL ORDER BY 1, 2"
-        ).fetchall()
-    finally:
-        conn.execute("DROP EXTENSION azure_ai, azure_local_ai, vector, aws_ml, aws_commons")
-    assert silent == []
