@@ -1,21 +1,24 @@
 """The tokenizer cuts a text to what max_tokens can use before tokenizing it, and the ids
-stay those of the whole text (no database: the tokenizer runs in this process)."""
+stay those of the whole text (the tokenizer runs in this process; the database only says
+where make install put the built-in model's)."""
 
 from __future__ import annotations
 
 import random
 
+import psycopg
 import pytest
 
 from azure_ai_sim.embeddings import Tokenizer
-
-TOKENIZER = "/usr/local/share/azure_ai_sim/models/multilingual-e5-small/v1/sentencepiece.model"
+from conftest import FP32, model_files
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
+def tokenizer(local_ai):
     pytest.importorskip("sentencepiece")
-    return Tokenizer(TOKENIZER)
+    with psycopg.connect(local_ai) as conn:
+        _, tokenizer_path = model_files(conn, FP32)
+    return Tokenizer(tokenizer_path)
 
 
 def whole(tokenizer, text: str, max_tokens: int = 512) -> list[int]:
