@@ -6,20 +6,30 @@ short slice at a time and letting PostgreSQL process interrupts in between. What
 only block (a DNS lookup, a library's own network call such as azure-identity's) runs on
 an I/O thread instead, which the backend's thread abandons on a cancel or a deadline.
 
-One kept-alive connection per endpoint per backend; nothing else is needed per call.
+send_many keeps several requests in flight at once, up to max_parallel_requests() per
+endpoint (scheme, host and port): one loop on the backend's thread polls the sockets of
+all of them together, resumes each request's steps (wire.py) when its socket is ready,
+and starts the next attempt of a request whose backoff has passed, without holding up
+the others. send is send_many of one request.
+
+Kept-alive connections are pooled per endpoint per backend, as many as the cap allows.
 """
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import ipaddress
 import json
+import os
 import random
+import select
 import signal
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
@@ -34,6 +44,11 @@ RETRY_CODES = frozenset({"ThrottlingException", "Throttling", "TooManyRequestsEx
 SERVICE_MESSAGE_CHARS = 500
 REQUEST_ID_HEADERS = ("x-ms-request-id", "x-request-id", "x-amzn-requestid")
 
+
+# Requests in flight at once per endpoint: a GUC of the native library.
+PARALLEL_SETTING = "azure_ai_sim.max_parallel_requests"
+DEFAULT_PARALLEL_REQUESTS = 8
+MAX_PARALLEL_REQUESTS = 64
 
 # When statement_timeout is the limit, PostgreSQL's own timer should end the statement.
 STATEMENT_TIMEOUT_GRACE_SECONDS = 0.5
@@ -105,37 +120,89 @@ class RetryPolicy:
 
 def send(request: Request, deadline: Deadline, policy: RetryPolicy) -> Response:
     """Sends the request until it succeeds, fails for good, or the deadline comes."""
-    attempt = 0
-    while True:
-        attempt += 1
-        pg.check_for_interrupts()
-        retry_after = None
-        try:
-            response = _attempt(request, deadline)
-        except errors.TimedOut:
-            failure: errors.CallFailed = errors.TimedOut(
+    (result,) = send_many([request], deadline, policy)
+    if isinstance(result, errors.Error):
+        raise result
+    return result  # type: ignore[return-value]
+
+
+def send_many(
+    requests: Sequence[Request],
+    deadline: Deadline,
+    policy: RetryPolicy,
+    stop_on_error: bool = True,
+) -> list[Response | errors.Error | None]:
+    """Sends the requests, several at once, each until it succeeds, fails for good, or the
+    deadline comes; returns their outcomes in their order: a Response, or the error that
+    send would raise for that request.
+
+    Each request is retried on its own (policy), and one waiting for its retry holds up
+    no other. With stop_on_error, once a request has failed for good no request after it
+    starts any more, and those after it still in flight are abandoned (their connections
+    closed): the outcome of a request not started or abandoned is None. The requests
+    before it run to their end, so the first failure in order is known. A cancel, a
+    statement timeout or a bug raises, and abandons every request in flight."""
+    if not requests:
+        return []
+    return _Batch(requests, deadline, policy, stop_on_error).run()
+
+
+def max_parallel_requests() -> int:
+    """The azure_ai_sim.max_parallel_requests setting: requests in flight per endpoint."""
+    try:
+        value = pg.setting(PARALLEL_SETTING)
+    except AttributeError:  # not inside PostgreSQL (a unit test): no settings to read
+        value = None
+    if value is None or not value.strip():
+        return DEFAULT_PARALLEL_REQUESTS
+    value = value.strip()
+    if not (value.isascii() and value.isdigit() and 1 <= int(value) <= MAX_PARALLEL_REQUESTS):
+        raise errors.InvalidParameter(
+            f"{PARALLEL_SETTING} must be an integer from 1 to {MAX_PARALLEL_REQUESTS}",
+            hint=f"RESET {PARALLEL_SETTING}; the default is {DEFAULT_PARALLEL_REQUESTS}.",
+        )
+    return int(value)
+
+
+def _outcome(
+    request: Request,
+    attempt: int,
+    response: Response | None,
+    failure: errors.Error | None,
+    deadline: Deadline,
+    policy: RetryPolicy,
+) -> Response | errors.Error | float:
+    """What an attempt's end means: the request's outcome, or how long to wait before
+    the next attempt."""
+    retry_after = None
+    if response is None:
+        if isinstance(failure, errors.TimedOut):
+            failure = errors.TimedOut(
                 f"no response from {_show(request.url)} within {deadline.seconds * 1000:.0f} ms"
             )
-        except (errors.ConnectFailed, errors.ConnectionLost) as lost:
-            failure = lost
-        except errors.CallFailed as final:
-            raise _with_attempts(final, attempt, request) from None
-        else:
-            response.attempts = attempt
-            if 200 <= response.status < 300:
-                response.body = redaction.scrub_body(response.body, request.secrets)
-                return response
-            code = service_code(response)
-            failure = _status_error(request, response, code)
-            retry_after = _retry_after_seconds(response.headers.get("retry-after"))
-            if response.status not in RETRY_STATUSES and code not in RETRY_CODES:
-                raise _with_attempts(failure, attempt, request)
-        if attempt >= policy.max_attempts or deadline.left() <= 0:
-            raise _with_attempts(failure, attempt, request)
-        wait = policy.backoff(attempt, retry_after)
-        if wait >= deadline.left():
-            raise _with_attempts(failure, attempt, request, "the next retry would pass the timeout")
-        pg.sleep(wait)
+        elif isinstance(failure, (errors.ConnectFailed, errors.ConnectionLost)):
+            pass
+        elif isinstance(failure, errors.CallFailed):
+            return _with_attempts(failure, attempt, request)
+        else:  # the caller's own mistake, not a failed call
+            return failure  # type: ignore[return-value]
+    else:
+        response.attempts = attempt
+        if 200 <= response.status < 300:
+            response.body = redaction.scrub_body(response.body, request.secrets)
+            return response
+        code = service_code(response)
+        failure = _status_error(request, response, code)
+        retry_after = _retry_after_seconds(response.headers.get("retry-after"))
+        if response.status not in RETRY_STATUSES and code not in RETRY_CODES:
+            return _with_attempts(failure, attempt, request)
+    assert isinstance(failure, errors.CallFailed)
+    if attempt >= policy.max_attempts or deadline.left() <= 0:
+        return _with_attempts(failure, attempt, request)
+    wait = policy.backoff(attempt, retry_after)
+    if wait >= deadline.left():
+        return _with_attempts(failure, attempt, request, "the next retry would pass the timeout")
+    return wait
 
 
 def service_message(body: bytes, secrets: Iterable[str] = ()) -> str:
@@ -230,7 +297,7 @@ def _show(url: str) -> str:
     return f"{parts.scheme}://{host}{parts.path}"
 
 
-# --- one attempt -------------------------------------------------------------------------
+# --- endpoints ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -263,50 +330,241 @@ def _endpoint(url: str) -> _Endpoint:
     return _Endpoint(parts.scheme, parts.hostname or "", parts.port or default_port, path)
 
 
-# Kept-alive connections of this backend, by endpoint; only the backend's thread uses them.
-_idle: dict[tuple[str, str, int], wire.Connection] = {}
+# --- many requests at once --------------------------------------------------------------
+
+_Key = tuple[str, str, int]  # an endpoint's scheme, host and port
 
 
-def _attempt(request: Request, deadline: Deadline) -> Response:
-    """One exchange; it may use all the time that is left."""
-    endpoint = _endpoint(request.url)
-    message = wire.encode_request(
-        request.method, endpoint.host_header, endpoint.path, request.headers, request.body
-    )
-    key = (endpoint.scheme, endpoint.host, endpoint.port)
-    connection = _idle.pop(key, None)
+class _Flight:
+    """One request of a batch: its attempts, and what the one in flight waits for."""
+
+    __slots__ = ("attempt", "endpoint", "index", "key", "message", "request", "steps", "wait")
+
+    def __init__(self, index: int, request: Request, endpoint: _Endpoint, message: bytes):
+        self.index = index
+        self.request = request
+        self.endpoint = endpoint
+        self.key: _Key = (endpoint.scheme, endpoint.host, endpoint.port)
+        self.message = message
+        self.attempt = 0
+        self.steps: Generator[Any, None, Response] | None = None  # the attempt in flight
+        self.wait: Any = None  # what it waits for: a wire.Wait, or a _Job
+
+
+class _Batch:
+    """The requests of one send_many, driven by one loop on the backend's thread."""
+
+    def __init__(
+        self, requests: Sequence[Request], deadline: Deadline, policy: RetryPolicy,
+        stop_on_error: bool,
+    ):  # fmt: skip
+        self.deadline = deadline
+        self.policy = policy
+        self.stop_on_error = stop_on_error
+        self.cap = max_parallel_requests()
+        self.results: list[Response | errors.Error | None] = [None] * len(requests)
+        self.last = len(requests) - 1  # no request after this one starts any more
+        self.flights: list[_Flight | None] = [None] * len(requests)
+        self.ready: dict[_Key, list[int]] = {}  # per endpoint, who may start an attempt
+        self.busy: dict[_Key, int] = {}  # per endpoint, attempts in flight
+        self.in_flight: set[_Flight] = set()
+        self.timers: list[tuple[float, int]] = []  # (when, index): backoffs
+        for index, request in enumerate(requests):
+            if index > self.last:
+                break
+            try:
+                endpoint = _endpoint(request.url)
+                message = wire.encode_request(
+                    request.method, endpoint.host_header, endpoint.path, request.headers,
+                    request.body,
+                )  # fmt: skip
+            except errors.Error as error:
+                self._fail(index, error)
+                continue
+            flight = self.flights[index] = _Flight(index, request, endpoint, message)
+            heapq.heappush(self.ready.setdefault(flight.key, []), index)
+
+    def run(self) -> list[Response | errors.Error | None]:
+        try:
+            while True:
+                pg.check_for_interrupts()
+                self._wake_timers()
+                self._start_ready()
+                if not self.in_flight and not self.timers:
+                    return self.results
+                left = self.deadline.left()
+                if left <= 0 and self.in_flight:
+                    for flight in list(self.in_flight):
+                        if flight in self.in_flight:
+                            self._resume(flight, TimeoutError("the deadline passed"))
+                    continue
+                self._poll(left)
+        finally:
+            for flight in list(self.in_flight):
+                self._abandon(flight)
+
+    def _wake_timers(self) -> None:
+        now = time.monotonic()
+        while self.timers and self.timers[0][0] <= now:
+            _, index = heapq.heappop(self.timers)
+            if index <= self.last:
+                flight = self.flights[index]
+                assert flight is not None
+                heapq.heappush(self.ready.setdefault(flight.key, []), index)
+
+    def _start_ready(self) -> None:
+        """Starts the waiting attempts, first in order first, as far as the caps allow."""
+        for key in list(self.ready):
+            waiting = self.ready[key]
+            while waiting and self.busy.get(key, 0) < self.cap:
+                if waiting[0] > self.last:
+                    waiting.clear()
+                    break
+                flight = self.flights[heapq.heappop(waiting)]
+                assert flight is not None
+                flight.attempt += 1
+                self.busy[key] = self.busy.get(key, 0) + 1
+                self.in_flight.add(flight)
+                flight.steps = _attempt_steps(flight, self.cap)
+                self._resume(flight)
+            if not waiting:
+                del self.ready[key]
+
+    def _poll(self, left: float) -> None:
+        """Waits a slice at most for any socket or lookup that a request waits for."""
+        timeout = min(pg.WAIT_SLICE_SECONDS, left)
+        if self.timers:
+            timeout = min(timeout, max(self.timers[0][0] - time.monotonic(), 0.0))
+        poller = select.poll()
+        waiting: dict[int, _Flight] = {}
+        looking_up: list[_Flight] = []
+        for flight in self.in_flight:
+            if isinstance(flight.wait, _Job):
+                looking_up.append(flight)
+            else:
+                sock, events = flight.wait
+                waiting[sock.fileno()] = flight
+                poller.register(sock, events)
+        if looking_up:
+            poller.register(_wake_pipe()[0], select.POLLIN)
+        for descriptor, _ in poller.poll(timeout * 1000):
+            flight = waiting.get(descriptor)  # type: ignore[assignment]
+            if flight is None:
+                _drain_wake_pipe()
+            elif flight in self.in_flight:  # not abandoned meanwhile
+                self._resume(flight)
+        for flight in looking_up:
+            if flight in self.in_flight and flight.wait.done.is_set():
+                self._resume(flight)
+
+    def _resume(self, flight: _Flight, error: BaseException | None = None) -> None:
+        """Runs the flight's attempt until it waits again or ends."""
+        assert flight.steps is not None
+        response: Response | None = None
+        failure: errors.Error | None = None
+        try:
+            if error is None:
+                flight.wait = flight.steps.send(None)
+            else:
+                flight.wait = flight.steps.throw(error)
+            return
+        except StopIteration as done:
+            response = done.value
+        except errors.Interrupted:
+            raise
+        except errors.Error as ended:
+            failure = ended
+        self._land(flight)
+        outcome = _outcome(
+            flight.request, flight.attempt, response, failure, self.deadline, self.policy
+        )
+        if isinstance(outcome, float):
+            heapq.heappush(self.timers, (time.monotonic() + outcome, flight.index))
+        elif isinstance(outcome, Response):
+            self.results[flight.index] = outcome
+        else:
+            self._fail(flight.index, outcome)
+
+    def _land(self, flight: _Flight) -> None:
+        """The attempt is over: its place in the endpoint's cap is free."""
+        self.in_flight.discard(flight)
+        self.busy[flight.key] -= 1
+        flight.steps = flight.wait = None
+
+    def _fail(self, index: int, error: errors.Error) -> None:
+        self.results[index] = error
+        if self.stop_on_error and index < self.last:
+            self.last = index
+            for flight in list(self.in_flight):
+                if flight.index > index:
+                    self._abandon(flight)
+
+    def _abandon(self, flight: _Flight) -> None:
+        """Ends an attempt in flight; closing its steps closes its connection."""
+        steps = flight.steps
+        self._land(flight)
+        if steps is not None:
+            steps.close()
+
+
+# --- one attempt -------------------------------------------------------------------------
+
+# Kept-alive connections of this backend, by endpoint, the most recently used last; only
+# the backend's thread uses them.
+_idle: dict[_Key, list[wire.Connection]] = {}
+
+
+def _attempt_steps(flight: _Flight, keep: int) -> Generator[Any, None, Response]:
+    """One exchange, as steps; it may use all the time that is left. Afterwards its
+    connection goes back to the pool, which keeps up to `keep` per endpoint."""
+    request, endpoint = flight.request, flight.endpoint
+    connection = _take_idle(flight.key)
     reused = connection is not None
     try:
-        if connection is not None and not connection.usable():
-            connection.close()
-            connection, reused = None, False
         if connection is None:
-            connection = _connect(request.url, endpoint, deadline)
+            connection = yield from _connect_steps(request.url, endpoint)
         try:
-            reply = connection.exchange(message, deadline.left, request.max_response_bytes)
+            reply = yield from connection.exchange_steps(flight.message, request.max_response_bytes)
         except wire.SendFailed:
             if not reused:
                 raise
             # Closed by the server while idle: it never read this request. Once more, afresh.
             connection.close()
-            connection = _connect(request.url, endpoint, deadline)
-            reply = connection.exchange(message, deadline.left, request.max_response_bytes)
+            connection = yield from _connect_steps(request.url, endpoint)
+            reply = yield from connection.exchange_steps(flight.message, request.max_response_bytes)
+    except GeneratorExit:  # abandoned
+        if connection is not None:
+            connection.close()
+        raise
     except BaseException as error:
         if connection is not None:
             connection.close()
         raise _exchange_error(request, error) from None
     if reply.keep_alive:
-        _idle[key] = connection
+        pool = _idle.setdefault(flight.key, [])
+        pool.append(connection)
+        while len(pool) > keep:
+            pool.pop(0).close()
     else:
         connection.close()
     return Response(reply.status, reply.headers, reply.body)
 
 
-def _connect(url: str, endpoint: _Endpoint, deadline: Deadline) -> wire.Connection:
+def _take_idle(key: _Key) -> wire.Connection | None:
+    pool = _idle.get(key)
+    while pool:
+        connection = pool.pop()
+        if connection.usable():
+            return connection
+        connection.close()
+    return None
+
+
+def _connect_steps(url: str, endpoint: _Endpoint) -> Generator[Any, None, wire.Connection]:
     try:
-        addresses = _addresses(endpoint.host, endpoint.port, deadline)
+        addresses = yield from _addresses_steps(endpoint.host, endpoint.port)
         tls = _tls_context() if endpoint.scheme == "https" else None
-        return wire.Connection.open(addresses, tls, endpoint.host, deadline.left)
+        return (yield from wire.connect(addresses, tls, endpoint.host))
     except TimeoutError:
         raise errors.TimedOut(f"could not connect to {_show(url)} in time") from None
     except ssl.SSLError as error:
@@ -319,17 +577,20 @@ def _connect(url: str, endpoint: _Endpoint, deadline: Deadline) -> wire.Connecti
         raise errors.ConnectFailed(f"could not connect to {_show(url)}: {reason}") from None
 
 
-def _addresses(host: str, port: int, deadline: Deadline) -> list[tuple]:
-    """getaddrinfo; a name lookup blocks, so it runs on the I/O thread."""
+def _addresses_steps(host: str, port: int) -> Generator[Any, None, list[tuple]]:
+    """getaddrinfo; a name lookup blocks, so it runs on the I/O thread, and the steps
+    wait for it (yield its _Job) as they wait for a socket."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        return run_blocking(
-            ("getaddrinfo", host, port),
-            lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM),
-            deadline,
-        )
-    return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        pass
+    else:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    key = ("getaddrinfo", host, port)
+    job = _job(key, lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+    while not job.done.is_set():
+        yield job
+    return _collect(key, job)
 
 
 @lru_cache(maxsize=1)
@@ -387,6 +648,9 @@ class _Job:
         except BaseException as error:
             self.error = error
         self.done.set()
+        if _wake is not None:  # wakes a send_many polling for it; full: awake anyway
+            with contextlib.suppress(OSError):
+                os.write(_wake[1], b"!")
 
 
 # In-flight calls by what they fetch: a call abandoned on a cancel or a deadline keeps
@@ -395,15 +659,48 @@ class _Job:
 _jobs: dict[Any, _Job] = {}
 
 
-def run_blocking(key: Any, function: Callable[[], Any], deadline: Deadline) -> Any:
-    """Runs `function` on a thread; the backend's thread waits, cancellable, until the
-    deadline. A finished call's result is handed to the first caller that waits for it."""
+def _job(key: Any, function: Callable[[], Any]) -> _Job:
+    """The call in flight for `key`, started now if there is none."""
+    _wake_pipe()  # before the thread that writes to it
     job = _jobs.get(key)
     if job is None:
         job = _jobs[key] = _Job(function)
-    if not pg.wait_for(job.done, deadline.left()):
-        raise errors.TimedOut(f"no result within {deadline.seconds * 1000:.0f} ms")
-    del _jobs[key]
+    return job
+
+
+def _collect(key: Any, job: _Job) -> Any:
+    """A finished call's result, handed to the first caller that waits for it."""
+    if _jobs.get(key) is job:
+        del _jobs[key]
     if job.error is not None:
         raise job.error
     return job.result
+
+
+def run_blocking(key: Any, function: Callable[[], Any], deadline: Deadline) -> Any:
+    """Runs `function` on a thread; the backend's thread waits, cancellable, until the
+    deadline. A finished call's result is handed to the first caller that waits for it."""
+    job = _job(key, function)
+    if not pg.wait_for(job.done, deadline.left()):
+        raise errors.TimedOut(f"no result within {deadline.seconds * 1000:.0f} ms")
+    return _collect(key, job)
+
+
+# A pipe that a finished call writes a byte to, so that send_many's poll returns at once.
+_wake: tuple[int, int] | None = None
+
+
+def _wake_pipe() -> tuple[int, int]:
+    global _wake
+    if _wake is None:
+        reader, writer = os.pipe()
+        os.set_blocking(reader, False)
+        os.set_blocking(writer, False)
+        _wake = (reader, writer)
+    return _wake
+
+
+def _drain_wake_pipe() -> None:
+    with contextlib.suppress(BlockingIOError):
+        while os.read(_wake_pipe()[0], 4096):
+            pass

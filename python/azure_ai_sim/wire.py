@@ -1,10 +1,15 @@
-"""HTTP/1.1 on a non-blocking socket, driven from the backend's own thread.
+"""HTTP/1.1 on non-blocking sockets, driven from the backend's own thread.
 
-Before every wait, and between waits of at most pg.WAIT_SLICE_SECONDS, PostgreSQL gets to
-act on a pending cancel or statement_timeout, so an exchange ends within a slice whatever
-the server does, even a server that trickles bytes. Doing this on the backend's thread,
-instead of handing blocking calls to another thread, saves two thread switches (about
-60 µs) a call.
+Connecting (TCP, then the TLS handshake) and an exchange (send the request, read the reply)
+are generators of steps: each runs until the socket would block, then yields what it
+waits for, a Wait (the socket, and READ or WRITE), and is resumed once the socket is ready.
+So one thread can drive many connections at once (transport.send_many polls all their
+sockets together), and drive(), the one-connection driver, waits on a single socket.
+Either driver waits at most pg.WAIT_SLICE_SECONDS at a time and lets PostgreSQL act on a
+pending cancel or statement_timeout in between, so an exchange ends within a slice
+whatever the server does, even a server that trickles bytes; a deadline that passes is
+thrown into the steps as TimeoutError. Doing this on the backend's thread, instead of
+handing blocking calls to another thread, saves two thread switches (about 60 µs) a call.
 
 Only what the transport needs: one request at a time per connection, responses framed by
 Content-Length, chunked encoding or the end of the connection.
@@ -17,9 +22,9 @@ import re
 import select
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from azure_ai_sim import errors, pg
 
@@ -30,7 +35,14 @@ _CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,15}")
 _IN_PROGRESS = (115, 36, 10035)  # EINPROGRESS on Linux and BSD, WSAEWOULDBLOCK
 
+READ = select.POLLIN
+WRITE = select.POLLOUT
+
+T = TypeVar("T")
 DeadlineLeft = Callable[[], float]
+# What a step waits for: the socket, and READ or WRITE.
+Wait = tuple[socket.socket, int]
+Steps = Generator[Wait, None, T]
 
 
 class Closed(Exception):
@@ -55,6 +67,43 @@ class Reply:
     keep_alive: bool
 
 
+def connect(
+    addresses: list[tuple], tls: ssl.SSLContext | None, server_name: str
+) -> Steps[Connection]:
+    """Connects to the first address that answers; with TLS, completes the handshake."""
+    failure: OSError | None = None
+    for family, kind, protocol, _, address in addresses:
+        sock = socket.socket(family, kind, protocol)
+        try:
+            sock.setblocking(False)
+            if family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            result = sock.connect_ex(address)
+            if result not in (0, *_IN_PROGRESS):
+                raise OSError(result, os.strerror(result))
+            if result:
+                yield sock, WRITE
+                result = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if result:
+                    raise OSError(result, os.strerror(result))
+            if tls is not None:
+                sock = tls.wrap_socket(
+                    sock, server_hostname=server_name, do_handshake_on_connect=False
+                )
+                yield from _on_want(sock, sock.do_handshake, writing=False)
+            return Connection(sock)
+        except TimeoutError:  # the deadline: no time for another address either
+            sock.close()
+            raise
+        except OSError as error:
+            sock.close()
+            failure = error
+        except BaseException:
+            sock.close()
+            raise
+    raise failure or OSError("no address to connect to")
+
+
 class Connection:
     """One kept-alive connection."""
 
@@ -67,34 +116,8 @@ class Connection:
         cls, addresses: list[tuple], tls: ssl.SSLContext | None, server_name: str,
         deadline_left: DeadlineLeft,
     ) -> Connection:  # fmt: skip
-        """Connects to the first address that answers; with TLS, completes the handshake."""
-        failure: OSError | None = None
-        for family, kind, protocol, _, address in addresses:
-            sock = socket.socket(family, kind, protocol)
-            try:
-                sock.setblocking(False)
-                if family in (socket.AF_INET, socket.AF_INET6):
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                result = sock.connect_ex(address)
-                if result not in (0, *_IN_PROGRESS):
-                    raise OSError(result, os.strerror(result))
-                _wait(sock, deadline_left, write=True)
-                result = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if result:
-                    raise OSError(result, os.strerror(result))
-                if tls is not None:
-                    sock = tls.wrap_socket(
-                        sock, server_hostname=server_name, do_handshake_on_connect=False
-                    )
-                    _retry_on_want(sock, sock.do_handshake, deadline_left, writing=False)
-                return cls(sock)
-            except OSError as error:
-                sock.close()
-                failure = error
-            except BaseException:
-                sock.close()
-                raise
-        raise failure or OSError("no address to connect to")
+        """connect() on this thread alone."""
+        return drive(connect(addresses, tls, server_name), deadline_left)
 
     def close(self) -> None:
         self.sock.close()
@@ -115,40 +138,45 @@ class Connection:
         return False  # data nobody asked for, or the end of the connection
 
     def exchange(self, request: bytes, deadline_left: DeadlineLeft, max_body: int) -> Reply:
+        """exchange_steps() on this thread alone."""
+        return drive(self.exchange_steps(request, max_body), deadline_left)
+
+    def exchange_steps(self, request: bytes, max_body: int) -> Steps[Reply]:
+        """Sends the request and reads the reply."""
         try:
-            self._send(request, deadline_left)
+            yield from self._send(request)
         except TimeoutError:
             raise
         except (OSError, Closed) as error:
-            early = self._early_reply(deadline_left, max_body)
+            early = yield from self._early_reply(max_body)
             if early is None:
                 raise SendFailed(str(error) or type(error).__name__) from error
             return early
-        return self._receive(deadline_left, max_body)
+        return (yield from self._receive(max_body))
 
-    def _early_reply(self, deadline_left: DeadlineLeft, max_body: int) -> Reply | None:
+    def _early_reply(self, max_body: int) -> Steps[Reply | None]:
         """A server may answer before it has read the whole request, and close: 413 for a
         body it will not take. That answer, not the broken pipe, is the outcome."""
         try:
-            reply = self._receive(deadline_left, max_body)
+            reply = yield from self._receive(max_body)
+        except TimeoutError:
+            raise
         except (OSError, Closed, errors.MalformedResponse):
             return None
         reply.keep_alive = False
         return reply
 
-    def _send(self, data: bytes, deadline_left: DeadlineLeft) -> None:
+    def _send(self, data: bytes) -> Steps[None]:
         view = memoryview(data)
         while view:
-            sent = _retry_on_want(
-                self.sock, lambda rest=view: self.sock.send(rest), deadline_left, writing=True
+            sent = yield from _on_want(
+                self.sock, lambda rest=view: self.sock.send(rest), writing=True
             )
             view = view[sent:]
 
-    def _fill(self, deadline_left: DeadlineLeft) -> None:
+    def _fill(self) -> Steps[None]:
         """Receives whatever the server has sent next into the buffer."""
-        data = _retry_on_want(
-            self.sock, lambda: self.sock.recv(RECEIVE_BYTES), deadline_left, writing=False
-        )
+        data = yield from _on_want(self.sock, lambda: self.sock.recv(RECEIVE_BYTES), writing=False)
         if not data:
             raise Closed("the server closed the connection")
         self._buffer += data
@@ -158,40 +186,43 @@ class Connection:
         del self._buffer[:size]
         return taken
 
-    def _line(self, deadline_left: DeadlineLeft) -> bytes:
+    def _line(self) -> Steps[bytes]:
         while (end := self._buffer.find(b"\r\n")) < 0:
             if len(self._buffer) > MAX_HEAD_BYTES:
                 raise errors.MalformedResponse("the server sent a line longer than 64 KiB")
-            self._fill(deadline_left)
+            yield from self._fill()
         return self._take(end + 2)[:-2]
 
-    def _exactly(self, size: int, deadline_left: DeadlineLeft) -> bytes:
+    def _exactly(self, size: int) -> Steps[bytes]:
         while len(self._buffer) < size:
-            self._fill(deadline_left)
+            yield from self._fill()
         return self._take(size)
 
-    def _receive(self, deadline_left: DeadlineLeft, max_body: int) -> Reply:
-        status, headers, http10 = self._head(deadline_left)
+    def _receive(self, max_body: int) -> Steps[Reply]:
+        status, headers, http10 = yield from self._head()
         while 100 <= status < 200:  # interim responses such as 100 Continue
-            status, headers, http10 = self._head(deadline_left)
+            status, headers, http10 = yield from self._head()
         connection = {token.strip().lower() for token in headers.get("connection", "").split(",")}
         keep_alive = not http10 and "close" not in connection
         if status in NO_BODY_STATUSES:
             return Reply(status, headers, b"", keep_alive)
         codings = headers.get("transfer-encoding", "").lower().split(",")
         if codings[-1].strip() == "chunked":
-            return Reply(status, headers, self._chunked(deadline_left, max_body), keep_alive)
+            body = yield from self._chunked(max_body)
+            return Reply(status, headers, body, keep_alive)
         length = headers.get("content-length")
         if length is not None:
             if not re.fullmatch(r"[0-9]{1,18}", length):
                 raise errors.MalformedResponse(f"the server sent Content-Length {length[:20]!r}")
             if int(length) > max_body:
                 raise TooLarge(int(length))
-            return Reply(status, headers, self._exactly(int(length), deadline_left), keep_alive)
-        return Reply(status, headers, self._until_closed(deadline_left, max_body), False)
+            body = yield from self._exactly(int(length))
+            return Reply(status, headers, body, keep_alive)
+        body = yield from self._until_closed(max_body)
+        return Reply(status, headers, body, False)
 
-    def _head(self, deadline_left: DeadlineLeft) -> tuple[int, dict[str, str], bool]:
-        status_line = self._line(deadline_left).decode("latin-1")
+    def _head(self) -> Steps[tuple[int, dict[str, str], bool]]:
+        status_line = (yield from self._line()).decode("latin-1")
         version, _, rest = status_line.partition(" ")
         code = rest[:3]
         if not version.startswith("HTTP/1.") or not code.isdigit():
@@ -200,7 +231,7 @@ class Connection:
             )
         headers: dict[str, str] = {}
         size = len(status_line)
-        while line := self._line(deadline_left):
+        while line := (yield from self._line()):
             size += len(line)
             if size > MAX_HEAD_BYTES:
                 raise errors.MalformedResponse("the server sent more than 64 KiB of headers")
@@ -209,30 +240,30 @@ class Connection:
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
         return int(code), headers, version == "HTTP/1.0"
 
-    def _chunked(self, deadline_left: DeadlineLeft, max_body: int) -> bytes:
+    def _chunked(self, max_body: int) -> Steps[bytes]:
         body = bytearray()
         while True:
-            size_field = self._line(deadline_left).split(b";")[0].strip()
+            size_field = (yield from self._line()).split(b";")[0].strip()
             if not _CHUNK_SIZE.fullmatch(size_field):
                 raise errors.MalformedResponse(
                     f"the server sent a bad chunk size {size_field[:20]!r}"
                 )
             size = int(size_field, 16)
             if size == 0:
-                while self._line(deadline_left):  # trailers, up to the empty line
+                while (yield from self._line()):  # trailers, up to the empty line
                     pass
                 return bytes(body)
             if len(body) + size > max_body:
                 raise TooLarge(None)
-            chunk = self._exactly(size + 2, deadline_left)
+            chunk = yield from self._exactly(size + 2)
             if chunk[-2:] != b"\r\n":
                 raise errors.MalformedResponse("a chunk of the response does not end in CRLF")
             body += chunk[:-2]
 
-    def _until_closed(self, deadline_left: DeadlineLeft, max_body: int) -> bytes:
+    def _until_closed(self, max_body: int) -> Steps[bytes]:
         while True:
             try:
-                self._fill(deadline_left)
+                yield from self._fill()
             except Closed:
                 return self._take(len(self._buffer))
             if len(self._buffer) > max_body:
@@ -254,10 +285,27 @@ def encode_request(
     return head + body
 
 
-def _wait(sock: socket.socket, deadline_left: DeadlineLeft, *, write: bool) -> None:
+def drive(steps: Steps[T], deadline_left: DeadlineLeft) -> T:
+    """Runs steps to their end on this thread, for one connection: waits for its socket a
+    slice at a time, letting interrupts through; a deadline is thrown into the steps as
+    TimeoutError (and a cancel as PostgreSQL's error), so they clean up after themselves."""
+    try:
+        wait = next(steps)
+        while True:
+            try:
+                _wait(*wait, deadline_left)
+            except BaseException as error:
+                wait = steps.throw(error)
+            else:
+                wait = steps.send(None)
+    except StopIteration as done:
+        return done.value
+
+
+def _wait(sock: socket.socket, events: int, deadline_left: DeadlineLeft) -> None:
     """Waits until the socket is ready, a slice at a time, letting interrupts through."""
     poller = select.poll()  # not select(): that fails on descriptors over 1023
-    poller.register(sock, select.POLLOUT if write else select.POLLIN)
+    poller.register(sock, events)
     while True:
         pg.check_for_interrupts()
         left = deadline_left()
@@ -267,19 +315,17 @@ def _wait(sock: socket.socket, deadline_left: DeadlineLeft, *, write: bool) -> N
             return
 
 
-def _retry_on_want(
-    sock: socket.socket, operation: Callable[[], Any], deadline_left: DeadlineLeft, *,
-    writing: bool,
-) -> Any:  # fmt: skip
-    """Runs a non-blocking socket operation, waiting whenever it would block."""
+def _on_want(sock: socket.socket, operation: Callable[[], Any], *, writing: bool) -> Steps[Any]:
+    """Runs a non-blocking socket operation, yielding what it waits for whenever it would
+    block (TLS may need to read while writing, and the other way round)."""
     while True:
         try:
             return operation()
         except BlockingIOError:
-            _wait(sock, deadline_left, write=writing)
+            yield sock, WRITE if writing else READ
         except ssl.SSLWantReadError:
-            _wait(sock, deadline_left, write=False)
+            yield sock, READ
         except ssl.SSLWantWriteError:
-            _wait(sock, deadline_left, write=True)
+            yield sock, WRITE
         except InterruptedError:
             pass
