@@ -310,8 +310,11 @@ class AWSSimulator(Simulator):
         secret_key: str = DEFAULT_SECRET_KEY,
         request_timeout_ms: int | None = None,
         tls: ssl.SSLContext | None = None,
+        latency_ms: float = 0,
     ):
-        super().__init__(host, port, request_timeout_ms=request_timeout_ms, tls=tls)
+        super().__init__(
+            host, port, request_timeout_ms=request_timeout_ms, tls=tls, latency_ms=latency_ms
+        )
         self.access_key = access_key
         self.secret_key = secret_key
 
@@ -411,6 +414,7 @@ class AWSSimulator(Simulator):
             "access_key": args.access_key,
             "secret_key": args.secret_key,
             "request_timeout_ms": args.request_timeout_ms,
+            "latency_ms": args.latency_ms,
         }
 
     @classmethod

@@ -104,8 +104,11 @@ class AzureMLSimulator(Simulator):
         request_timeout_ms: int | None = None,
         identity_header: str = managed_identity.DEFAULT_HEADER_SECRET,
         tls: ssl.SSLContext | None = None,
+        latency_ms: float = 0,
     ):
-        super().__init__(host, port, request_timeout_ms=request_timeout_ms, tls=tls)
+        super().__init__(
+            host, port, request_timeout_ms=request_timeout_ms, tls=tls, latency_ms=latency_ms
+        )
         if default_deployment not in DEPLOYMENTS:
             raise ValueError(f"unknown deployment {default_deployment!r}; known: {_known()}")
         self.keys = tuple(keys) or (DEFAULT_KEY,)
@@ -197,6 +200,7 @@ class AzureMLSimulator(Simulator):
             default_deployment=args.default_deployment,
             request_timeout_ms=args.request_timeout_ms,
             identity_header=args.identity_header,
+            latency_ms=args.latency_ms,
         )
 
 

@@ -9,12 +9,23 @@ a control API under /_sim/ (loopback clients only, no auth):
     GET    /_sim/faults    the faults still queued                 -> {"faults": [...]}
     DELETE /_sim/faults    drop them all                           -> {"cleared": n}
     GET    /_sim/requests  recorded requests, oldest first         -> [{"method", "path",
-                                                             "query", "headers", "body"}]
+                                                  "query", "headers", "body", "received"}]
     DELETE /_sim/requests  forget them                             -> {"cleared": n}
+    GET    /_sim/latency   the latency of every request            -> {"latency_ms": x}
+    PUT    /_sim/latency   {"latency_ms": x}  change it            -> {"latency_ms": x}
+    GET    /_sim/in_flight requests being served now, the most at
+                           once since the last reset, and served   -> {"in_flight": n,
+                                                  "max_in_flight": m, "served": k}
+    DELETE /_sim/in_flight reset max_in_flight and served          -> the same, after
 
 Each request to a "faulty" endpoint (the service calls: scoring, invoking) takes the next
-fault off the queue; see Fault for what each field does. Responses are written with a single
-send and TCP_NODELAY, because a benchmark makes thousands of small calls on one connection.
+fault off the queue; see Fault for what each field does. Every request but the control
+API's waits latency_ms first (a constructor option, --latency-ms, or PUT /_sim/latency),
+as a real service's network and model time, and counts as in flight while it waits and
+is served; each connection is served on a thread of its own, so requests on different
+connections overlap. "received" is when a recorded request arrived, in seconds of the
+simulator's monotonic clock. Responses are written with a single send and TCP_NODELAY,
+because a benchmark makes thousands of small calls on one connection.
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from email.message import Message
 from http import HTTPStatus
@@ -205,6 +216,7 @@ class RequestLog:
             "query": request.query,
             "headers": {name.lower(): value for name, value in request.headers.items()},
             "body": request.body.decode("utf-8", "replace"),
+            "received": time.monotonic(),
         }
         with self._lock:
             self._entries.append(entry)
@@ -242,13 +254,22 @@ class Simulator:
         *,
         request_timeout_ms: int | None = None,
         tls: ssl.SSLContext | None = None,
+        latency_ms: float = 0,
     ):
         self.host = host
         self.port = port
         self.tls = tls  # a server-side context: serve HTTPS
         self.request_timeout_ms = request_timeout_ms or self.default_request_timeout_ms
+        self.latency_ms = _latency(latency_ms)  # before every request; may be changed
         self.faults = FaultQueue()
         self.recorded = RequestLog()
+        # Requests being served (control API's aside), the most at once since
+        # reset_counts(), and how many were served since.
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.served = 0
+        self._counts_lock = threading.Lock()
+        self._stopping = threading.Event()  # ends the latency waits
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -266,11 +287,48 @@ class Simulator:
 
     # Serving one request.
 
+    def reset_counts(self) -> dict[str, int]:
+        """Forgets the most requests at once (it restarts from those in flight now) and
+        the count of those served; returns the counts as they are then."""
+        with self._counts_lock:
+            self.max_in_flight = self.in_flight
+            self.served = 0
+        return self.counts()
+
+    def counts(self) -> dict[str, int]:
+        with self._counts_lock:
+            return {
+                "in_flight": self.in_flight,
+                "max_in_flight": self.max_in_flight,
+                "served": self.served,
+            }
+
+    @contextlib.contextmanager
+    def _counted(self) -> Iterator[None]:
+        with self._counts_lock:
+            self.in_flight += 1
+            self.served += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            yield
+        finally:
+            with self._counts_lock:
+                self.in_flight -= 1
+
     def handle(self, request: Request) -> Response:
         """Runs on the connection's thread; raises DropConnection to close without answering."""
-        try:
-            if request.path.startswith(CONTROL_PREFIX):
+        if request.path.startswith(CONTROL_PREFIX):
+            try:
                 return self._control(request)
+            except HTTPError as error:
+                return self._error(error)
+        with self._counted():
+            if self.latency_ms:
+                self._stopping.wait(self.latency_ms / 1000)
+            return self._handle(request)
+
+    def _handle(self, request: Request) -> Response:
+        try:
             endpoint = self.route(request)
             if endpoint is None:
                 raise HTTPError(404, f"no route for {request.method} {request.path}")
@@ -333,6 +391,15 @@ class Simulator:
             return json_response(200, self.recorded.snapshot())
         if action == ("DELETE", "/_sim/requests"):
             return json_response(200, {"cleared": self.recorded.clear()})
+        if action == ("GET", "/_sim/latency"):
+            return json_response(200, {"latency_ms": self.latency_ms})
+        if action == ("PUT", "/_sim/latency"):
+            self.latency_ms = _parse_latency(request.body)
+            return json_response(200, {"latency_ms": self.latency_ms})
+        if action == ("GET", "/_sim/in_flight"):
+            return json_response(200, self.counts())
+        if action == ("DELETE", "/_sim/in_flight"):
+            return json_response(200, self.reset_counts())
         raise HTTPError(404, f"no control route for {request.method} {request.path}")
 
     # Lifecycle.
@@ -347,6 +414,7 @@ class Simulator:
     def start(self) -> str:
         """Starts serving on a background thread and returns the base URL."""
         if self._server is None:
+            self._stopping.clear()
             self._server = _Server((self.host, self.port), self)
             if self.tls is not None:
                 self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
@@ -364,6 +432,7 @@ class Simulator:
         server, self._server = self._server, None
         if server is None:
             return
+        self._stopping.set()
         server.shutdown()
         server.server_close()
         server.close_connections()
@@ -400,10 +469,38 @@ class Simulator:
             default=cls.default_request_timeout_ms,
             help="requests delayed beyond this get 408 once it has passed",
         )
+        parser.add_argument(
+            "--latency-ms",
+            type=float,
+            default=0,
+            help="every request waits this long before it is served, as a real service's "
+            "network and model time (default: 0)",
+        )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Simulator:
-        return cls(args.host, args.port, request_timeout_ms=args.request_timeout_ms)
+        return cls(
+            args.host,
+            args.port,
+            request_timeout_ms=args.request_timeout_ms,
+            latency_ms=args.latency_ms,
+        )
+
+
+def _latency(value: Any) -> float:
+    if type(value) not in (int, float) or not 0 <= value < math.inf:
+        raise ValueError("latency_ms must be a number of milliseconds >= 0")
+    return float(value)
+
+
+def _parse_latency(body: bytes) -> float:
+    try:
+        payload = json.loads(body)
+        if not isinstance(payload, dict) or set(payload) != {"latency_ms"}:
+            raise ValueError('expected {"latency_ms": milliseconds}')
+        return _latency(payload["latency_ms"])
+    except ValueError as error:
+        raise HTTPError(400, str(error)) from None
 
 
 def _parse_faults(body: bytes) -> list[Fault]:
@@ -419,6 +516,7 @@ def _parse_faults(body: bytes) -> list[Fault]:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # stop() must not wait for a request sleeping in injected latency
+    request_queue_size = 128  # the listen backlog: a client may open many connections at once
 
     def __init__(self, address: tuple[str, int], simulator: Simulator):
         self.simulator = simulator
