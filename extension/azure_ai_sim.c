@@ -13,6 +13,8 @@
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
 
+#include "azure_ai_sim.h"
+
 PG_MODULE_MAGIC;
 
 /*
@@ -59,13 +61,14 @@ azure_ai_sim_float4_array(PG_FUNCTION_ARGS)
  */
 PG_FUNCTION_INFO_V1(azure_ai_sim_invoke_endpoint);
 
-typedef struct FieldList
+void
+field_list_init(FieldList *fields, int expected)
 {
-	Datum	   *values;
-	bool	   *nulls;
-	int			count;
-	int			allocated;
-} FieldList;
+	fields->allocated = Max(expected, 8);
+	fields->values = palloc(fields->allocated * sizeof(Datum));
+	fields->nulls = palloc(fields->allocated * sizeof(bool));
+	fields->count = 0;
+}
 
 static void
 add_field(FieldList *fields, Datum value, bool isnull, Oid type)
@@ -89,7 +92,8 @@ add_field(FieldList *fields, Datum value, bool isnull, Oid type)
 	fields->count++;
 }
 
-static void
+/* one argument: an array gives a field per element (in order), anything else one field */
+void
 add_argument(FieldList *fields, Datum value, bool isnull, Oid type)
 {
 	Oid			element = get_element_type(getBaseType(type));
@@ -172,10 +176,7 @@ azure_ai_sim_invoke_endpoint(PG_FUNCTION_ARGS)
 		fcinfo->flinfo->fn_extra = core;
 	}
 
-	fields.allocated = Max(PG_NARGS(), 8);
-	fields.values = palloc(fields.allocated * sizeof(Datum));
-	fields.nulls = palloc(fields.allocated * sizeof(bool));
-	fields.count = 0;
+	field_list_init(&fields, PG_NARGS());
 	for (int i = 2; i < PG_NARGS(); i++)
 	{
 		/* VARIADIC NULL::int[] means no arguments, as for format() */

@@ -35,6 +35,7 @@
 void		_PG_init(void);		/* fmgr.h declares it from 16 on */
 #endif
 extern PGDLLEXPORT void azure_ai_sim_error_report_init(void);	/* error_report.c */
+extern void azure_ai_sim_batch_init(void);	/* batch.c */
 
 static emit_log_hook_type prev_emit_log_hook = NULL;
 static post_parse_analyze_hook_type prev_post_parse_analyze_hook = NULL;
@@ -195,4 +196,5 @@ _PG_init(void)
 	prev_post_parse_analyze_hook = post_parse_analyze_hook;
 	post_parse_analyze_hook = filter_activity;
 	azure_ai_sim_error_report_init();
+	azure_ai_sim_batch_init();
 }
