@@ -423,6 +423,9 @@ class _Batch:
                 flight = self.flights[heapq.heappop(waiting)]
                 assert flight is not None
                 flight.attempt += 1
+                if self.deadline.left() <= 0:  # as send would end: no time to connect
+                    self._end_attempt(flight, None, errors.TimedOut("the deadline passed"))
+                    continue
                 self.busy[key] = self.busy.get(key, 0) + 1
                 self.in_flight.add(flight)
                 flight.steps = _attempt_steps(flight, self.cap)
@@ -475,6 +478,11 @@ class _Batch:
         except errors.Error as ended:
             failure = ended
         self._land(flight)
+        self._end_attempt(flight, response, failure)
+
+    def _end_attempt(
+        self, flight: _Flight, response: Response | None, failure: errors.Error | None
+    ) -> None:
         outcome = _outcome(
             flight.request, flight.attempt, response, failure, self.deadline, self.policy
         )

@@ -14,9 +14,10 @@ a control API under /_sim/ (loopback clients only, no auth):
     GET    /_sim/latency   the latency of every request            -> {"latency_ms": x}
     PUT    /_sim/latency   {"latency_ms": x}  change it            -> {"latency_ms": x}
     GET    /_sim/in_flight requests being served now, the most at
-                           once since the last reset, and served   -> {"in_flight": n,
-                                                  "max_in_flight": m, "served": k}
-    DELETE /_sim/in_flight reset max_in_flight and served          -> the same, after
+                           once since the last reset, how many
+                           were served and connections accepted    -> {"in_flight": n,
+                                   "max_in_flight": m, "served": k, "connections": c}
+    DELETE /_sim/in_flight reset all but in_flight                 -> the same, after
 
 Each request to a "faulty" endpoint (the service calls: scoring, invoking) takes the next
 fault off the queue; see Fault for what each field does. Every request but the control
@@ -264,10 +265,11 @@ class Simulator:
         self.faults = FaultQueue()
         self.recorded = RequestLog()
         # Requests being served (control API's aside), the most at once since
-        # reset_counts(), and how many were served since.
+        # reset_counts(), how many were served and how many connections accepted since.
         self.in_flight = 0
         self.max_in_flight = 0
         self.served = 0
+        self.connections = 0
         self._counts_lock = threading.Lock()
         self._stopping = threading.Event()  # ends the latency waits
         self._server: _Server | None = None
@@ -289,10 +291,10 @@ class Simulator:
 
     def reset_counts(self) -> dict[str, int]:
         """Forgets the most requests at once (it restarts from those in flight now) and
-        the count of those served; returns the counts as they are then."""
+        the counts of requests served and connections accepted; returns the counts."""
         with self._counts_lock:
             self.max_in_flight = self.in_flight
-            self.served = 0
+            self.served = self.connections = 0
         return self.counts()
 
     def counts(self) -> dict[str, int]:
@@ -301,7 +303,12 @@ class Simulator:
                 "in_flight": self.in_flight,
                 "max_in_flight": self.max_in_flight,
                 "served": self.served,
+                "connections": self.connections,
             }
+
+    def _accepted(self) -> None:
+        with self._counts_lock:
+            self.connections += 1
 
     @contextlib.contextmanager
     def _counted(self) -> Iterator[None]:
@@ -571,6 +578,7 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.server.track(self.connection, True)
+        self.server.simulator._accepted()
 
     def finish(self) -> None:
         self.server.track(self.connection, False)
