@@ -4,6 +4,7 @@ The response is written before it is read, so no wait happens: these run without
 database (waits look for PostgreSQL's interrupts).
 """
 
+import select
 import socket
 
 import pytest
@@ -106,3 +107,91 @@ def test_an_idle_connection_is_usable_until_the_server_sends_or_closes():
     theirs.close()
     assert not connection.usable()
     connection.close()
+
+
+# --- steps: what a connection waits for, for a loop that drives many -------------------
+
+
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n[1]\n"
+
+
+def test_exchange_steps_yield_the_socket_they_wait_for():
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    try:
+        steps = wire.Connection(ours).exchange_steps(REQUEST, 1000)
+        assert next(steps) == (ours, wire.READ)  # sent; nothing to read yet
+        assert theirs.recv(1000) == REQUEST
+        theirs.sendall(RESPONSE[:20])
+        assert steps.send(None) == (ours, wire.READ)  # the head is not complete
+        theirs.sendall(RESPONSE[20:])
+        with pytest.raises(StopIteration) as done:
+            steps.send(None)
+        assert (done.value.value.status, done.value.value.body) == (200, b"[1]\n")
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_a_full_send_buffer_waits_for_writable():
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    try:
+        steps = wire.Connection(ours).exchange_steps(REQUEST + b"x" * 10_000_000, 1000)
+        assert next(steps) == (ours, wire.WRITE)
+        steps.close()
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_drive_throws_the_deadline_into_the_steps():
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    try:
+        with pytest.raises(TimeoutError):
+            wire.Connection(ours).exchange(REQUEST, lambda: 0.0, 1000)
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_connect_steps_wait_for_the_connection_then_return_it():
+    listener = socket.create_server(("127.0.0.1", 0))
+    addresses = socket.getaddrinfo(*listener.getsockname(), type=socket.SOCK_STREAM)
+    try:
+        steps = wire.connect(addresses, None, "127.0.0.1")
+        sock, events = next(steps)  # a non-blocking connect is in progress
+        assert events == wire.WRITE
+        with pytest.raises(StopIteration) as done:
+            while True:
+                select.select([], [sock], [], 5)
+                steps.send(None)
+        connection = done.value.value
+        assert connection.usable()
+        connection.close()
+    finally:
+        listener.close()
+
+
+def test_connect_tries_the_next_address_and_reports_the_last_failure():
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+    refused = socket.getaddrinfo(*closed.getsockname(), type=socket.SOCK_STREAM)
+    try:
+        with pytest.raises(ConnectionRefusedError):
+            wire.Connection.open(refused * 2, None, "127.0.0.1", lambda: 5.0)
+    finally:
+        closed.close()
+
+
+def test_a_connect_abandoned_midway_closes_its_socket():
+    listener = socket.create_server(("127.0.0.1", 0))
+    addresses = socket.getaddrinfo(*listener.getsockname(), type=socket.SOCK_STREAM)
+    try:
+        steps = wire.connect(addresses, None, "127.0.0.1")
+        sock, _ = next(steps)
+        steps.close()
+        assert sock.fileno() == -1
+    finally:
+        listener.close()
