@@ -61,5 +61,6 @@ for control in control/*.control; do  # scripts of versions this tree no longer 
 done
 PYTHONPATH="$release" "$python" -s -m azure_ai_sim.boot \
     --libdir "$libdir" --modeldir "$modeldir" --out "$extdir" sql/*.sql
+extension/preload.sh add
 echo "installed azure_ai_sim into $release, its models into $modeldir,"
 echo "and the extensions into $extdir"

@@ -16,8 +16,9 @@ for control in control/*.control; do
     name=$(basename "$control" .control)
     rm -f "$extdir/$name.control" "$extdir/$name"--*.sql
 done
+extension/preload.sh remove
 rm -f "$("$pg_config" --pkglibdir)/azure_ai_sim.so"
 rm -rf "$libdir" "$modeldir"
 echo "removed the extensions from $extdir, the package from $libdir and the models from $modeldir"
-echo "(databases keep their extensions until DROP EXTENSION; without the library in"
-echo "shared_preload_libraries' list the server would not start: remove it there first)"
+echo "(databases keep their extensions until DROP EXTENSION; the clusters' conf.d no longer"
+echo "preloads the library: restart them)"
