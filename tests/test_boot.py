@@ -88,12 +88,16 @@ def test_an_extension_version_the_package_does_not_serve_is_refused(conn, databa
         ):
             fresh.execute("SELECT azure_ai.version()")
     finally:
-        conn.execute("UPDATE pg_extension SET extversion = '0.1.1' WHERE extname = 'azure_ai'")
+        conn.execute(
+            "UPDATE pg_extension SET extversion = %s WHERE extname = 'azure_ai'",
+            (boot.SQL_VERSIONS["azure_ai"][-1],),
+        )
     diag = caught.value.diag
     assert diag.message_primary.startswith(
         "azure_ai: extension azure_ai is at version 9.9, which this session's azure_ai_sim "
     )
-    assert diag.message_primary.endswith("does not serve (it serves 0.1.0, 0.1.1)")
+    served = ", ".join(boot.SQL_VERSIONS["azure_ai"])
+    assert diag.message_primary.endswith(f"does not serve (it serves {served})")
     assert "ALTER EXTENSION azure_ai UPDATE" in diag.message_hint
 
 

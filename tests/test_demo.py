@@ -2,6 +2,7 @@
 
 import re
 
+from azure_ai_sim.boot import SQL_VERSIONS
 from azure_ai_sim.sim.models import HOUSING
 from demo import run_demo
 
@@ -20,7 +21,7 @@ def test_demo_runs_and_prints_results(server, database, azureml):
     assert "passage: La receta lleva harina" in output.split("ingredients for pancakes")[1]
     assert 'NOTICE:  installing required extension "vector"' in output
     assert 'NOTICE:  installing required extension "aws_commons"' in output
-    assert re.search(r"^ aws_ml +\| 2\.0\.1$", output, re.MULTILINE)
+    assert re.search(rf"^ aws_ml +\| {re.escape(SQL_VERSIONS['aws_ml'][-1])}$", output, re.M)
     assert re.search(r"^ +0 \| +2$", output, re.MULTILINE)  # setosa, virginica
     assert re.search(r"^ The support team was wonderful, thank you! +\| POSITIVE", output, re.M)
     assert re.search(r"^ +1024$", output, re.MULTILINE)  # Titan v2's dimensions

@@ -6,6 +6,7 @@ import psycopg
 import pytest
 
 import azure_ai_sim
+from azure_ai_sim.boot import SQL_VERSIONS
 from cluster import ROOT
 from conftest import notices
 
@@ -27,7 +28,7 @@ def test_azure_ai_needs_no_cascade(conn):
     conn.execute("CREATE EXTENSION azure_ai")
     try:
         assert messages == []
-        assert extensions(conn)["azure_ai"] == "0.1.1"
+        assert extensions(conn)["azure_ai"] == SQL_VERSIONS["azure_ai"][-1]
         assert {"azure_ai", "azure_ml"} <= schemas(conn)
         assert "azure_ai_settings_manager" in roles(conn)
         assert conn.execute("SELECT azure_ai.version()").fetchone() == (azure_ai_sim.__version__,)
@@ -67,7 +68,7 @@ def test_aws_ml_cascade_prints_aurora_notice(conn):
     conn.execute("CREATE EXTENSION IF NOT EXISTS aws_ml CASCADE")
     try:
         assert messages == ['installing required extension "aws_commons"']
-        assert extensions(conn)["aws_ml"] == "2.0.1"
+        assert extensions(conn)["aws_ml"] == SQL_VERSIONS["aws_ml"][-1]
         assert extensions(conn)["aws_commons"] == "1.2"
         assert {"aws_sagemaker", "aws_comprehend", "aws_bedrock", "aws_commons"} <= schemas(conn)
         assert "aws_ml" in roles(conn)
@@ -190,7 +191,7 @@ def test_azure_local_ai_0_1_0_updates_to_0_1_1(conn):
     try:
         assert conn.execute(call).fetchone() == (4,)  # 0.1.0: four rows with NULL ids
         conn.execute("ALTER EXTENSION azure_local_ai UPDATE")
-        assert extensions(conn)["azure_local_ai"] == "0.1.2"
+        assert extensions(conn)["azure_local_ai"] == SQL_VERSIONS["azure_local_ai"][-1]
         with pytest.raises(psycopg.errors.InvalidParameterValue, match="one-dimensional"):
             conn.execute(call)
     finally:

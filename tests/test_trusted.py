@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from azure_ai_sim.boot import SQL_VERSIONS
 from cluster import Server
 from conftest import FP32, model_files
 
@@ -63,9 +64,9 @@ def test_the_owner_created_them_all(owned, server):
         ).fetchall()
     assert rows == [
         ("aws_commons", "1.2", owned.owner),
-        ("aws_ml", "2.0.1", owned.owner),
-        ("azure_ai", "0.1.1", owned.owner),
-        ("azure_local_ai", "0.1.2", owned.owner),
+        ("aws_ml", SQL_VERSIONS["aws_ml"][-1], owned.owner),
+        ("azure_ai", SQL_VERSIONS["azure_ai"][-1], owned.owner),
+        ("azure_local_ai", SQL_VERSIONS["azure_local_ai"][-1], owned.owner),
         ("vector", "0.8.0", superuser),
     ]
 
