@@ -147,12 +147,18 @@ def send_many(
     return _Batch(requests, deadline, policy, stop_on_error).run()
 
 
+_outside_postgres = False
+
+
 def max_parallel_requests() -> int:
     """The azure_ai_sim.max_parallel_requests setting: requests in flight per endpoint."""
-    try:
-        value = pg.setting(PARALLEL_SETTING)
-    except AttributeError:  # not inside PostgreSQL (a unit test): no settings to read
-        value = None
+    global _outside_postgres
+    value = None
+    if not _outside_postgres:
+        try:
+            value = pg.setting(PARALLEL_SETTING)
+        except AttributeError:  # not inside PostgreSQL (a unit test): no settings to read
+            _outside_postgres = True
     if value is None or not value.strip():
         return DEFAULT_PARALLEL_REQUESTS
     value = value.strip()

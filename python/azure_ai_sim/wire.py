@@ -187,11 +187,19 @@ class Connection:
         return taken
 
     def _line(self) -> Steps[bytes]:
-        while (end := self._buffer.find(b"\r\n")) < 0:
-            if len(self._buffer) > MAX_HEAD_BYTES:
-                raise errors.MalformedResponse("the server sent a line longer than 64 KiB")
+        while (line := self._buffered_line()) is None:
             yield from self._fill()
-        return self._take(end + 2)[:-2]
+        return line
+
+    def _buffered_line(self) -> bytes | None:
+        """The next line if the buffer holds all of it: the head of a response usually
+        arrives whole, and its lines are then taken without the cost of a generator."""
+        end = self._buffer.find(b"\r\n")
+        if end >= 0:
+            return self._take(end + 2)[:-2]
+        if len(self._buffer) > MAX_HEAD_BYTES:
+            raise errors.MalformedResponse("the server sent a line longer than 64 KiB")
+        return None
 
     def _exactly(self, size: int) -> Steps[bytes]:
         while len(self._buffer) < size:
@@ -231,7 +239,12 @@ class Connection:
             )
         headers: dict[str, str] = {}
         size = len(status_line)
-        while line := (yield from self._line()):
+        while True:
+            line = self._buffered_line()
+            if line is None:
+                line = yield from self._line()
+            if not line:
+                break
             size += len(line)
             if size > MAX_HEAD_BYTES:
                 raise errors.MalformedResponse("the server sent more than 64 KiB of headers")
