@@ -12,12 +12,15 @@ from __future__ import annotations
 import calendar
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 from xml.etree import ElementTree
 
 from azure_ai_sim import errors, redaction, transport
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -55,18 +58,38 @@ def call(
     headers: dict[str, str],
 ) -> transport.Response:
     """A signed POST to the service; AWS's error code leads the message of a failure."""
-    deadline = transport.Deadline(_seconds_allowed())
+    deadline = TIMING.deadline()
+    request = client(service, settings, deadline).request(path, body, headers)
+    return transport.send(request, deadline, TIMING.policy())
+
+
+@dataclass(frozen=True)
+class Client:
+    """What every request to a service shares within one call or one batch of rows: the
+    region, the endpoint and the credentials, found once."""
+
+    service: Service
+    region: str
+    url: str  # the endpoint, without a trailing slash
+    credentials: Any
+
+    def request(self, path: str, body: bytes, headers: dict[str, str]) -> transport.Request:
+        """A signed POST of body to path."""
+        url = self.url + path
+        signed = _sign(self.service, self.region, self.credentials, url, body, headers)
+        secrets = _secrets(self.credentials, signed)
+        return transport.Request("POST", url, signed, body, MAX_RESPONSE_BYTES, secrets=secrets)
+
+
+def client(service: Service, settings: dict[str, str], deadline: transport.Deadline) -> Client:
+    """The region, endpoint and credentials of the service (the role's, if one is set)."""
     region = _region(settings)
-    url = _endpoint_url(service, settings, region) + path
+    url = _endpoint_url(service, settings, region)
     credentials = _credentials(settings, deadline)
     role = settings.get(f"{service.name}.role_arn")
     if role:
         credentials = _assumed(role, credentials, settings, region, deadline)
-    signed = _sign(service, region, credentials, url, body, headers)
-    request = transport.Request(
-        "POST", url, signed, body, MAX_RESPONSE_BYTES, secrets=_secrets(credentials, signed)
-    )
-    return transport.send(request, deadline, transport.RetryPolicy(max_attempts=3))
+    return Client(service, region, url, credentials)
 
 
 def _secrets(credentials: Any, signed: dict[str, str]) -> tuple[str, ...]:
@@ -76,11 +99,6 @@ def _secrets(credentials: Any, signed: dict[str, str]) -> tuple[str, ...]:
     redaction.remember(credentials.secret_key, credentials.token)
     signature = signed.get("Authorization", "").rpartition("Signature=")[2]
     return tuple(filter(None, (credentials.secret_key, credentials.token, signature)))
-
-
-def _seconds_allowed() -> float:
-    left = transport.statement_seconds_left()
-    return min(DEFAULT_TIMEOUT_SECONDS, left) if left is not None else DEFAULT_TIMEOUT_SECONDS
 
 
 def _botocore() -> Any:
@@ -147,8 +165,8 @@ def _assumed(
     expire: Aurora, too, calls each service with the IAM role of its feature."""
     from botocore.credentials import ReadOnlyCredentials
 
-    url = _endpoint_url(STS, settings, region) + "/"
-    key = (role, base.access_key, url)
+    sts = Client(STS, region, _endpoint_url(STS, settings, region), base)
+    key = (role, base.access_key, sts.url + "/")
     cached = _assumed_roles.get(key)
     if cached is not None and cached[1] - time.time() > RENEW_BEFORE_EXPIRY_SECONDS:
         return cached[0]
@@ -157,11 +175,8 @@ def _assumed(
         "RoleSessionName": "azure_ai_sim", "DurationSeconds": str(ASSUMED_ROLE_SECONDS),
     }).encode()  # fmt: skip
     headers = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
-    signed = _sign(STS, region, base, url, body, headers)
-    request = transport.Request(
-        "POST", url, signed, body, MAX_RESPONSE_BYTES, secrets=_secrets(base, signed)
-    )
-    reply = transport.send(request, deadline, transport.RetryPolicy(max_attempts=3))
+    request = sts.request("/", body, headers)
+    reply = transport.send(request, deadline, TIMING.policy())
     try:
         found = {
             e.tag.rsplit("}", 1)[-1]: e.text for e in ElementTree.fromstring(reply.body).iter()
@@ -189,3 +204,135 @@ def _sign(
     request = AWSRequest(method="POST", url=url, data=body, headers=headers)
     SigV4Auth(credentials, service.signing_name, region).add_auth(request)
     return dict(request.headers.items())
+
+
+# --- batches of rows ---------------------------------------------------------------------
+# What the batch forms of every remote function share (azure_ml's too): each row's checks
+# in row order, requests sent several at once, and the error of the first failing row.
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The retries and the deadline of one row's call; a batch gives each of its requests
+    the same, counted from when that request starts."""
+
+    max_attempts: int
+    delay_seconds: float
+    seconds: float | None  # the call's own limit; None: the statement's, else the default
+    default_seconds: float
+
+    def policy(self) -> transport.RetryPolicy:
+        return transport.RetryPolicy(self.max_attempts, self.delay_seconds)
+
+    def seconds_allowed(self) -> float:
+        """The limit, and never more than what statement_timeout leaves of the statement."""
+        left = transport.statement_seconds_left()
+        if self.seconds is None:
+            return left if left is not None else self.default_seconds
+        return min(self.seconds, left) if left is not None else self.seconds
+
+    def deadline(self) -> transport.Deadline:
+        return transport.Deadline(self.seconds_allowed())
+
+
+# Every AWS request: three attempts, as botocore's standard retry mode makes, within a
+# minute (botocore's read timeout) or what statement_timeout leaves.
+TIMING = Timing(3, 1.0, DEFAULT_TIMEOUT_SECONDS, DEFAULT_TIMEOUT_SECONDS)
+
+
+@dataclass(eq=False)
+class Exchange:
+    """One request of a batch of rows, and what its outcome means for them."""
+
+    row: int  # the first row it answers for: requests start in this order
+    request: transport.Request
+    timing: Timing
+    finish: Callable[[transport.Response], None]  # may raise errors.Error
+    failed: Callable[[errors.Error], None] | None = None  # None: the request's row fails
+
+
+class RowBatch:
+    """The rows of one call of a batch form: their results in row order, and the first
+    failure. Its error is the one the first failing row's own call would have raised, and
+    nothing is sent for the rows after it: requests go in waves of at most
+    max_parallel_requests, in row order, and no wave starts once a row has failed (one in
+    flight is abandoned, as transport.send_many abandons what follows a failure).
+
+    A wave, rather than all requests in one send_many, because send_many gives all its
+    requests one deadline: in a wave no request waits for a connection, so each has the
+    whole deadline its row's own call would have had."""
+
+    def __init__(self, *columns: Sequence[Any] | None):
+        """One array per argument of the per-row function, one element per row."""
+        lengths = {len(column) for column in columns if column is not None}
+        if None in columns or len(lengths) > 1:
+            raise errors.InvalidParameter(
+                "the arguments of a batch form must be arrays with one element per row"
+            )
+        self.results: list[Any] = [None] * (lengths.pop() if lengths else 0)
+        self.failure: tuple[int, errors.Error] | None = None
+        self._queue: list[Exchange] = []
+
+    @property
+    def limit(self) -> int:
+        """The first row that no longer matters: the failed row, or past the last."""
+        return len(self.results) if self.failure is None else self.failure[0]
+
+    def fail(self, row: int, error: errors.Error) -> None:
+        if row < self.limit:
+            self.failure = (row, error)
+
+    def prepare(self, check: Callable[..., T | None], *columns: Sequence[Any]) -> dict[int, T]:
+        """Runs each row's own checks, check(row's element of each column), in row order
+        until one raises: that row fails. Returns what the checks returned, by row, but
+        None: a row whose result is NULL without a call."""
+        prepared: dict[int, T] = {}
+        for row, arguments in enumerate(zip(*columns, strict=True)):
+            try:
+                value = check(*arguments)
+            except errors.Error as error:
+                self.fail(row, error)
+                break
+            if value is not None:
+                prepared[row] = value
+        return prepared
+
+    def add(self, exchange: Exchange) -> None:
+        self._queue.append(exchange)
+
+    def run(self) -> None:
+        """Sends what was added, and what their outcomes add, until nothing that matters
+        is left."""
+        while True:
+            self._queue = sorted(
+                (exchange for exchange in self._queue if exchange.row < self.limit),
+                key=lambda exchange: exchange.row,
+            )
+            if not self._queue:
+                return
+            timing = self._queue[0].timing
+            size = transport.max_parallel_requests()
+            wave = []
+            while self._queue and len(wave) < size and self._queue[0].timing == timing:
+                wave.append(self._queue.pop(0))
+            requests = [exchange.request for exchange in wave]
+            outcomes = transport.send_many(requests, timing.deadline(), timing.policy())
+            for exchange, outcome in zip(wave, outcomes, strict=True):
+                if outcome is None:  # abandoned after a failure: again, if it still matters
+                    self._queue.append(exchange)
+                    continue
+                try:
+                    if isinstance(outcome, errors.Error):
+                        raise outcome
+                    exchange.finish(outcome)
+                except errors.Error as error:
+                    if exchange.failed is None:
+                        self.fail(exchange.row, error)
+                    else:
+                        exchange.failed(error)
+
+    def outcome(self) -> list[Any]:
+        """The results, or the first failing row's error."""
+        if self.failure is not None:
+            raise self.failure[1]
+        return self.results

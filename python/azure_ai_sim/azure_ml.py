@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
+from dataclasses import dataclass
 
 import azure_ai_sim
-from azure_ai_sim import errors, identity, pg, redaction, transport
+from azure_ai_sim import aws, errors, identity, pg, redaction, transport
 from azure_ai_sim.azure_ai import SETTINGS
 
 # timeout_ms NULL without a statement_timeout: Azure ML's own longest request timeout.
@@ -28,13 +30,68 @@ def invoke(
     retry_delay_ms: int | None = 1000,
 ) -> str | None:
     """Posts input_data verbatim to the scoring endpoint; returns the JSON it answers."""
+    call = _call(input_data, timeout_ms, deployment_name, max_attempts, retry_delay_ms)
+    if call is None:
+        return None
+    deadline = call.timing.deadline()
+    try:
+        request = call.request(_credential(call.settings, deadline))
+        return _json_text(transport.send(request, deadline, call.timing.policy()))
+    except errors.CallFailed as failure:
+        if throw_on_error is False:
+            pg.warning(failure, "azure_ml.invoke")
+            return None
+        raise
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One row's call, checked: what it posts, where, with which deadline and retries."""
+
+    payload: str
+    deployment_name: str | None
+    timing: aws.Timing
+    settings: dict[str, str]
+    endpoint: str
+
+    def request(self, secret: str | None) -> transport.Request:
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+            "x-ms-client-request-id": str(uuid.uuid4()),
+        }
+        if secret:
+            headers["Authorization"] = f"Bearer {secret}"
+        if self.deployment_name is not None:
+            headers["azureml-model-deployment"] = self.deployment_name
+        return transport.Request(
+            "POST",
+            self.endpoint,
+            headers,
+            self.payload.encode(),
+            max_response_bytes=_max_response_bytes(),
+            secrets=(secret,) if secret else (),
+            max_response_hint=f"Raise {MAX_RESPONSE_BYTES_SETTING} if the response is "
+            "expected to be this large.",
+        )
+
+
+def _call(
+    input_data: str | None, timeout_ms: int | None, deployment_name: str | None,
+    max_attempts: int | None, retry_delay_ms: int | None,
+) -> _Call | None:  # fmt: skip
+    """The row's checks; None when the result is NULL without a call. Their errors are
+    raised whatever throw_on_error says."""
     if input_data is None:
         return None
-    policy = transport.RetryPolicy(
+    timing = aws.Timing(
         max_attempts=_at_least("max_attempts", max_attempts, 1, default=1),
         delay_seconds=_at_least("retry_delay_ms", retry_delay_ms, 0, default=1000) / 1000,
+        # NULL: until statement_timeout, or Azure ML's own longest request timeout
+        seconds=transport.timeout_seconds(timeout_ms),
+        default_seconds=DEFAULT_TIMEOUT_MS / 1000,
     )
-    deadline = transport.Deadline(_seconds_allowed(timeout_ms))
     if deployment_name == "":
         raise errors.InvalidParameter("deployment_name must not be empty")
     if pg.in_parallel_mode():
@@ -46,46 +103,58 @@ def invoke(
             'setting "azure_ml.scoring_endpoint" is not set',
             hint="SELECT azure_ai.set_setting('azure_ml.scoring_endpoint', '<scoring URI>');",
         )
-    try:
-        secret = _credential(settings, deadline)
-        response = _score(input_data, endpoint, secret, deployment_name, deadline, policy)
-        return _json_text(response)
-    except errors.CallFailed as failure:
-        if throw_on_error is False:
-            pg.warning(failure, "azure_ml.invoke")
-            return None
-        raise
+    return _Call(input_data, deployment_name, timing, settings, endpoint)
 
 
-def _score(
-    payload: str,
-    endpoint: str,
-    secret: str | None,
-    deployment_name: str | None,
-    deadline: transport.Deadline,
-    policy: transport.RetryPolicy,
-) -> transport.Response:
-    headers = {
-        "Content-Type": "application/json",
-        "Accept": "application/json",
-        "User-Agent": USER_AGENT,
-        "x-ms-client-request-id": str(uuid.uuid4()),
-    }
-    if secret:
-        headers["Authorization"] = f"Bearer {secret}"
-    if deployment_name is not None:
-        headers["azureml-model-deployment"] = deployment_name
-    request = transport.Request(
-        "POST",
-        endpoint,
-        headers,
-        payload.encode(),
-        max_response_bytes=_max_response_bytes(),
-        secrets=(secret,) if secret else (),
-        max_response_hint=f"Raise {MAX_RESPONSE_BYTES_SETTING} if the response is expected "
-        "to be this large.",
+@pg.sql_function("azure_ml.invoke")
+def invoke_batch(
+    input_data: list[str | None],
+    timeout_ms: list[int | None],
+    throw_on_error: list[bool | None],
+    deployment_name: list[str | None],
+    max_attempts: list[int | None],
+    retry_delay_ms: list[int | None],
+) -> list[str | None]:
+    """azure_ml.invoke for many rows: each row's own request, several at once
+    (max_parallel_requests), each with the deadline and retries of its own call. A row
+    with throw_on_error false that fails is NULL, with its WARNING, in row order;
+    otherwise the first failing row raises its own call's error."""
+    batch = aws.RowBatch(
+        input_data, timeout_ms, throw_on_error, deployment_name, max_attempts, retry_delay_ms
     )
-    return transport.send(request, deadline, policy)
+    arguments = (input_data, timeout_ms, deployment_name, max_attempts, retry_delay_ms)
+    calls = batch.prepare(_call, *arguments)
+    warnings: dict[int, errors.Error] = {}
+
+    def failed(row: int, failure: errors.Error) -> None:
+        if throw_on_error[row] is False and isinstance(failure, errors.CallFailed):
+            warnings[row] = failure  # and the result stays NULL
+        else:
+            batch.fail(row, failure)
+
+    def finish(row: int, response: transport.Response) -> None:
+        batch.results[row] = _json_text(response)
+
+    secret: tuple[str | None] | errors.Error | None = None
+    for row, call in calls.items():
+        if secret is None:  # found once, as the first row's call finds it
+            try:
+                secret = (_credential(call.settings, call.timing.deadline()),)
+            except errors.Error as failure:
+                secret = failure
+        if isinstance(secret, errors.Error):
+            failed(row, secret)
+            continue
+        exchange = aws.Exchange(
+            row, call.request(secret[0]), call.timing, functools.partial(finish, row)
+        )
+        exchange.failed = functools.partial(failed, row)
+        batch.add(exchange)
+    batch.run()
+    for row in sorted(warnings):
+        if row < batch.limit:
+            pg.warning(warnings[row], "azure_ml.invoke")
+    return batch.outcome()
 
 
 def _credential(settings: dict[str, str], deadline: transport.Deadline) -> str | None:
@@ -116,15 +185,6 @@ def _json_text(response: transport.Response) -> str:
 
 def _not_in_jsonb(constant: str) -> None:
     raise ValueError(f"{constant} is not JSON")
-
-
-def _seconds_allowed(timeout_ms: int | None) -> float:
-    """timeout_ms, and never more than what statement_timeout leaves of the statement."""
-    seconds = transport.timeout_seconds(timeout_ms)
-    left = transport.statement_seconds_left()
-    if seconds is None:
-        return left if left is not None else DEFAULT_TIMEOUT_MS / 1000
-    return min(seconds, left) if left is not None else seconds
 
 
 def _at_least(name: str, value: int | None, minimum: int, *, default: int) -> int:

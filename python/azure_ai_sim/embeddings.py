@@ -42,6 +42,8 @@ MAX_RUN_TOKENS = 2048
 MARGIN_TOKENS = 64
 # How often the watcher looks at PostgreSQL's interrupt flag while a run is in progress.
 WATCH_SECONDS = 0.01
+# Two texts of the same length in tokens: Model.embed_alike.
+PROBE_TEXTS = ("passage: the first test", "passage: the other test")
 
 
 @dataclass(frozen=True)
@@ -264,15 +266,41 @@ class Model:
         self.output = "sentence_embedding" if self.pooled else "last_hidden_state"
         self.token_types = "token_type_ids" in inputs
         self.dimensions = self.session.get_outputs()[outputs.index(self.output)].shape[-1]
+        self._runs_independent: bool | None = None  # see embed_alike
 
-    def embed(self, texts: Sequence[str], batch_size: int, deadline: Any = None) -> list[Any]:
+    def embed_alike(self, texts: Sequence[str], batch_size: int, deadline: Any = None) -> list[Any]:
+        """As embed, but each embedding bit for bit the one the text gets alone (what the
+        single-text create_embeddings returns). Padding changes the last bits of an fp32
+        model's results, so texts go in runs of texts of the same length, where the
+        model's results do not depend on the other texts of a run; else one text per run.
+        An int8 model quantizes each run's activations with one scale for the whole run
+        (DynamicQuantizeLinear), so its results depend on the others."""
+        if self._runs_independent is None:
+            self._runs_independent = self._independent_runs(deadline)
+        if self._runs_independent:
+            return self.embed(texts, batch_size, deadline, padded=False)
+        return self.embed(texts, 1, deadline)
+
+    def _independent_runs(self, deadline: Any) -> bool:
+        """Whether two texts of the same length embedded in one run get the bytes each
+        gets alone."""
+        if len(set(map(len, self.tokenizer.encode(PROBE_TEXTS, self.max_tokens)))) != 1:
+            return False
+        together = self.embed(PROBE_TEXTS, len(PROBE_TEXTS), deadline)
+        alone = [self.embed([text], 1, deadline)[0] for text in PROBE_TEXTS]
+        return all(a.tobytes() == b.tobytes() for a, b in zip(together, alone, strict=True))
+
+    def embed(
+        self, texts: Sequence[str], batch_size: int, deadline: Any = None, padded: bool = True
+    ) -> list[Any]:
         """float32 embeddings (numpy rows) in input order. A cancel, statement_timeout or
-        the deadline (a transport.Deadline) ends the call, also in the middle of a run."""
+        the deadline (a transport.Deadline) ends the call, also in the middle of a run.
+        padded=False: only texts of the same length share a run."""
         ids = self.tokenizer.encode(texts, self.max_tokens)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         embeddings: list[Any] = [None] * len(ids)
         done = 0
-        for batch in _runs(order, [len(tokens) for tokens in ids], batch_size):
+        for batch in _runs(order, [len(tokens) for tokens in ids], batch_size, padded):
             vectors = None
             interrupts = True
             while vectors is None:
@@ -321,13 +349,17 @@ class Model:
         return output.astype(np.float32, copy=False)
 
 
-def _runs(order: list[int], lengths: list[int], batch_size: int) -> Iterator[list[int]]:
+def _runs(
+    order: list[int], lengths: list[int], batch_size: int, padded: bool = True
+) -> Iterator[list[int]]:
     """The texts of each run, in `order` (by length, shortest first): at most batch_size
-    and MAX_RUN_BATCH texts, and MAX_RUN_TOKENS tokens once padded."""
+    and MAX_RUN_BATCH texts, and MAX_RUN_TOKENS tokens once padded; without padding,
+    texts of one length only."""
     run: list[int] = []
     for i in order:
         full = len(run) >= min(batch_size, MAX_RUN_BATCH)
-        if run and (full or (len(run) + 1) * lengths[i] > MAX_RUN_TOKENS):
+        other_length = not padded and run and lengths[run[-1]] != lengths[i]
+        if run and (full or other_length or (len(run) + 1) * lengths[i] > MAX_RUN_TOKENS):
             yield run
             run = []
         run.append(i)

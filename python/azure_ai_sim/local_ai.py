@@ -50,6 +50,55 @@ def create_embedding(model_uri: str | None, text: str | None, timeout_ms: int | 
 
 
 @pg.sql_function("azure_local_ai.create_embeddings")
+def create_embedding_batch(
+    model_uris: list[str | None], texts: list[str | None], timeout_ms: list[int | None]
+) -> list[Any]:
+    """create_embedding for many rows (the single-text create_embeddings in a query): the
+    texts of each model in one call of the model, as the array form embeds them (its
+    default batch_size, runs sorted by length), the models in the order of their first
+    row. Each row gets the bytes its own call gives (Model.embed_alike). The rows' checks
+    (timeout_ms, model_uri) run in row order: a failing row raises its own call's error
+    once the rows before it are embedded. The deadline is the smallest timeout_ms of the
+    rows, from the start of the batch."""
+    if not len(model_uris) == len(texts) == len(timeout_ms):
+        raise errors.InvalidParameter(
+            "the arguments of a batch form must be arrays with one element per row"
+        )
+    by_model: dict[str, list[int]] = {}
+    limits: list[float] = []
+    failure: errors.Error | None = None
+    for row, text in enumerate(texts):
+        if text is None:
+            continue
+        try:
+            limit = transport.timeout_seconds(timeout_ms[row])
+            _registered(model_uris[row])
+        except errors.Error as error:
+            failure = error
+            break
+        by_model.setdefault(model_uris[row], []).append(row)  # type: ignore[arg-type]
+        limits += [limit] if limit is not None else []
+    deadline = transport.Deadline(min(limits)) if limits else None
+    embeddings: list[Any] = [None] * len(texts)
+    try:
+        for model_uri, rows in by_model.items():
+            model = _model(model_uri, deadline)
+            vectors = model.embed_alike([texts[row] for row in rows], BATCH_SIZE, deadline)
+            for row, vector in zip(rows, vectors, strict=True):
+                embeddings[row] = vector.tobytes()
+    finally:
+        if by_model:
+            _release_freed_memory()
+    if failure is not None:
+        raise failure
+    return embeddings
+
+
+# The array form's default batch_size (sql/), which the batch form embeds with as well.
+BATCH_SIZE = 128
+
+
+@pg.sql_function("azure_local_ai.create_embeddings")
 def create_embeddings(
     model_uri: str | None, texts: list[str | None] | None, batch_size: int | None,
     timeout_ms: int | None,

@@ -400,7 +400,13 @@ OPERATIONS: dict[str, Handler] = {
 
 
 class ComprehendSimulator(AWSSimulator):
-    """Amazon Comprehend DetectSentiment and BatchDetectSentiment, scored by a lexicon."""
+    """Amazon Comprehend DetectSentiment and BatchDetectSentiment, scored by a lexicon.
+
+    `operations` names the operations it serves; others are UnknownOperationException, as
+    AWS answers a target it does not know. Without BatchDetectSentiment it stands for an
+    emulator that lacks it (moto, for one, implements DetectSentiment only)."""
+
+    operations: ClassVar[frozenset[str]] = frozenset(OPERATIONS)
 
     name = "comprehend"
     signing_name = "comprehend"
@@ -417,12 +423,13 @@ class ComprehendSimulator(AWSSimulator):
             return None
         target = request.headers.get("x-amz-target", "")
         name = target[len(TARGET_PREFIX) :] if target.startswith(TARGET_PREFIX) else ""
-        call = OPERATIONS.get(name)
+        call = OPERATIONS.get(name) if name in self.operations else None
         if call is None:
+            served = ", ".join(sorted(self.operations))
             raise AWSError(
                 400,
                 "UnknownOperationException",
-                f"the simulator implements {', '.join(OPERATIONS)}, not {target or 'nothing'}",
+                f"the simulator implements {served}, not {target or 'nothing'}",
                 message_key="message",
             )
         return lambda request, caller: _answer(call, request)
