@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 import psycopg
@@ -21,7 +22,7 @@ from azure_ai_sim.sim import (
     Fault,
     SageMakerSimulator,
 )
-from conftest import FP32, INT8
+from conftest import FP32, INT8, assert_interrupted, run_in_thread
 
 ALIASES = {"ep": "echo", "counted": "field-count", "multi": "housing-multi"}
 HOUSING = ["8.3252", "41", "6.98", "1.02", "322", "2.56", "37.88", "-122.23"]
@@ -116,7 +117,7 @@ SENTIMENT_BATCH = (
     "%s::varchar[], %s::varchar[], %s::int[])) WITH ORDINALITY AS r(sentiment, confidence, n)"
     " ORDER BY n"
 )
-SENTIMENT_ROW = "SELECT (aws_comprehend.detect_sentiment(%s, %s, %s)).*"
+SENTIMENT_ROW = "SELECT * FROM aws_comprehend.detect_sentiment(%s, %s, %s)"  # one call
 
 
 def sentiments(conn, texts, languages, max_rows=None) -> list[tuple]:
@@ -253,6 +254,21 @@ def test_an_endpoint_without_batch_detect_sentiment(server, database, sims):
         assert sentiments(conn, texts[:20], languages[:20]) == per_row[:20]
         assert [severity for severity, _ in received] == ["NOTICE"]
         assert "(HTTP 501 from " in received[0][1]
+
+
+def test_an_emulator_that_answers_500_not_implemented(database, sims):
+    """moto answers an action it lacks with a 500 that says so (retried first)."""
+    lacking = '{"message": "The BatchDetectSentiment action has not been implemented"}'
+    sims["comprehend"].faults.extend([Fault(status=500, body=lacking)] * 3)
+    texts = ["Good", "Bad", "Fine"]
+    with psycopg.connect(database, autocommit=True) as conn:
+        received = collect(conn)
+        assert sentiments(conn, texts, ["en"] * 3) == sentiment_rows(conn, texts, ["en"] * 3)
+        assert [severity for severity, _ in received] == ["NOTICE"]
+        assert "has not been implemented" in received[0][1]
+    assert (
+        targets(sims["comprehend"]) == ["BatchDetectSentiment"] * 3 + ["DetectSentiment"] * 6
+    )  # its own, ours
 
 
 # --- SageMaker -------------------------------------------------------------------------------
@@ -482,3 +498,66 @@ def test_embedding_batch_bytes_equal_per_row(conn):
     models[11], timeouts[8] = FP32, -1
     expected = error_of(conn, EMBEDDING_ROW, (FP32, texts[8], -1))
     assert error_of(conn, EMBEDDING_BATCH, (models, texts, timeouts)) == expected
+
+
+# --- requests in flight, deadlines, cancellation ----------------------------------------------
+
+
+@pytest.fixture
+def slow(sims):
+    """The simulators answer after 100 ms, and count the requests in flight at once."""
+    for sim in sims.values():
+        sim.latency_ms = 100
+        sim.reset_counts()
+    yield sims
+    for sim in sims.values():
+        sim.latency_ms = 0
+
+
+def test_requests_go_several_at_once_up_to_the_cap(conn, slow):
+    inputs = [GOOD] * 20
+    columns = (inputs, [None] * 20, [True] * 20, ["Housingprediction"] * 20, [1] * 20, [1] * 20)
+    assert len(conn.execute(INVOKE_BATCH, columns).fetchone()[0]) == 20
+    assert slow["azureml"].counts()["max_in_flight"] == 8  # the default cap
+    conn.execute("SET azure_ai_sim.max_parallel_requests = 3")
+    try:
+        texts = [f"Fine {i}" for i in range(100)]
+        assert len(sentiments(conn, texts, ["en"] * 100, [5] * 100)) == 100
+        counts = slow["comprehend"].counts()
+        assert (counts["max_in_flight"], counts["served"]) == (3, 20)  # 100 rows, 5 a request
+    finally:
+        conn.execute("RESET azure_ai_sim.max_parallel_requests")
+
+
+def test_each_request_has_its_own_rows_deadline(conn, slow):
+    """timeout_ms bounds each row's call: 16 rows of 100 ms with timeout_ms 250 take two
+    rounds of 8, and none times out; a call slower than its timeout_ms still does."""
+    columns = ([GOOD] * 16, [250] * 16, [True] * 16, ["Housingprediction"] * 16, [1] * 16, [1] * 16)
+    with psycopg.connect(conn.info.dsn, autocommit=True) as other:
+        per_row = [
+            other.execute(INVOKE_ROW, row).fetchone()[0] for row in zip(*columns, strict=True)
+        ]
+    assert conn.execute(INVOKE_BATCH, columns).fetchone()[0] == per_row
+    columns[1][5] = 50
+    expected = error_of(conn, INVOKE_ROW, [column[5] for column in columns])
+    assert expected[1:3] == (
+        "57014",
+        f"azure_ml.invoke: no response from {slow['azureml'].url}/score within 50 ms",
+    )
+    assert error_of(conn, INVOKE_BATCH, columns) == expected
+
+
+def test_a_batch_can_be_cancelled(database, slow):
+    slow["bedrock"].latency_ms = 2000
+    nulls = "array_fill(NULL::text, ARRAY[20])"
+    statement = (
+        f"SELECT aws_ml_internal.invoke_model_batch(array_fill('{TITAN}'::varchar, ARRAY[20]),"
+        f' {nulls}, {nulls}, array_fill(\'{{"inputText": "x"}}\'::text, ARRAY[20]))'
+    )
+    call = run_in_thread(database, statement)
+    time.sleep(0.5)
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("SELECT pg_cancel_backend(%s)", (call["pid"],))
+    assert_interrupted(call, "due to user request", "aws_bedrock.invoke_model")
+    call = run_in_thread(database, statement, "SET statement_timeout = 500")
+    assert_interrupted(call, "due to statement timeout", "aws_bedrock.invoke_model")
