@@ -11,6 +11,7 @@ requests it serves at once, which proves that they overlapped without timing the
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import subprocess
 import threading
@@ -54,7 +55,9 @@ SEND_BATCH = """
         ]
         seconds = spec.get("timeout_ms", 60000) / 1000
         left = transport.statement_seconds_left()
-        deadline = transport.Deadline(seconds if left is None else min(seconds, left))
+        if left is not None and not spec.get("timeout_ms_only"):
+            seconds = min(seconds, left)
+        deadline = transport.Deadline(seconds)
         policy = transport.RetryPolicy(spec.get("max_attempts", 1),
                                        spec.get("retry_delay_ms", 0) / 1000)
         if spec.get("one_by_one"):  # what send alone does with each request
@@ -300,20 +303,68 @@ def test_the_caller_raises_the_first_failure_in_order(conn, sim, other):
     assert caught.value.diag.message_detail.startswith("attempts: 1")
 
 
-def test_requests_in_flight_after_a_failure_are_abandoned(conn, other):
-    """Request 0 fails at once; 1 to 8, already in flight on another endpoint, are
-    abandoned (None, their connections closed) instead of awaited."""
+class HeldAnswer:
+    """A server that answers its one request with a 404 once the test releases it."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/score"
+        self.released = threading.Event()
+        threading.Thread(target=self._answer, daemon=True).start()
+
+    def _answer(self) -> None:
+        connection, _ = self.listener.accept()
+        with connection:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += connection.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            while len(body) < length:
+                body += connection.recv(65536)
+            self.released.wait(30)
+            connection.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope")
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_requests_in_flight_after_a_failure_are_abandoned(conn):
+    """Request 0 fails once 1 to 8 are in flight on another endpoint: they are abandoned
+    (None, their connections closed) instead of awaited, and 9 and later never start."""
+    held = HeldAnswer()
     with AzureMLSimulator(keys=[KEY], latency_ms=60_000) as slow:
-        requests = [score(other, 0, key="wrong-key"), *(score(slow, i) for i in range(1, 20))]
-        outcomes = send_batch(conn, requests)
-        assert outcomes[0]["sqlstate"] == "28000"
+        requests = [{"url": held.url}, *(score(slow, i) for i in range(1, 20))]
+        outcome: dict = {}
+        batch = threading.Thread(target=lambda: outcome.update(sent=send_batch(conn, requests)))
+        batch.start()
+        wait_until(lambda: slow.in_flight == 8, "8 requests in flight")
+        held.released.set()
+        batch.join(30)
+        held.close()
+        outcomes = outcome["sent"]
+        assert outcomes[0]["sqlstate"] == "42704"
+        assert outcomes[0]["message"] == f"HTTP 404 from {held.url}: nope"
         assert outcomes[1:] == [None] * 19
-        wait_until(lambda: slow.served >= 8, "the requests in flight have arrived")
         slow.latency_ms = 0  # the next batch finds no abandoned connection in the pool
         for index, outcome in enumerate(send_batch(conn, [score(slow, i) for i in range(8)])):
             assert_scored(outcome, index)
-        assert slow.served == 16  # 8 abandoned in flight, none started after them, 8 anew
-        assert slow.connections == 16
+        assert (slow.served, slow.connections) == (16, 16)  # 8 abandoned, none after, 8 anew
+
+
+def test_requests_waiting_for_their_retry_after_a_failure_are_abandoned(conn, sim, other):
+    """Request 1 is told to retry in 30 s; request 0 then fails: nobody waits for 1's
+    retry. (statement_timeout, not the batch's deadline, would end a batch that did.)"""
+    conn.execute(f"SET {SETTING} = 1")
+    other.latency_ms = 300
+    sim.faults.extend([Fault(status=503, retry_after="30")])
+    requests = [score(other, 0), score(sim, 1)]
+    requests[0]["headers"]["azureml-model-deployment"] = "nope"
+    conn.execute("SET statement_timeout = 10000")
+    outcomes = send_batch(conn, requests, max_attempts=2, timeout_ms=60_000, timeout_ms_only=True)
+    assert outcomes[0]["sqlstate"] == "42704"
+    assert outcomes[1] is None
+    assert sim.served == 1
 
 
 def test_a_503_burst_is_retried_per_request(conn, sim):
@@ -460,9 +511,10 @@ def test_statement_timeout_ends_a_batch(database, sim):
         requests = [score(slow, i) for i in range(20)]
         call = run_in_thread(
             database, {"requests": requests}, {"requests": [score(sim, 0)]},
-            setup="SET statement_timeout = 500",
+            setup="SET statement_timeout = 1000",
         )  # fmt: skip
         assert_interrupted(call, "due to statement timeout", sim)
+        wait_until(lambda: slow.served >= 8, "8 requests arrived")
         assert (slow.served, slow.connections) == (8, 8)
 
 

@@ -413,10 +413,9 @@ class _Batch:
         now = time.monotonic()
         while self.timers and self.timers[0][0] <= now:
             _, index = heapq.heappop(self.timers)
-            if index <= self.last:
-                flight = self.flights[index]
-                assert flight is not None
-                heapq.heappush(self.ready.setdefault(flight.key, []), index)
+            flight = self.flights[index]
+            assert flight is not None
+            heapq.heappush(self.ready.setdefault(flight.key, []), index)
 
     def _start_ready(self) -> None:
         """Starts the waiting attempts, first in order first, as far as the caps allow."""
@@ -512,6 +511,9 @@ class _Batch:
             for flight in list(self.in_flight):
                 if flight.index > index:
                     self._abandon(flight)
+            # and those after it waiting for their retry: nobody waits for them
+            self.timers = [timer for timer in self.timers if timer[1] < index]
+            heapq.heapify(self.timers)
 
     def _abandon(self, flight: _Flight) -> None:
         """Ends an attempt in flight; closing its steps closes its connection."""
