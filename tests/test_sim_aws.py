@@ -210,6 +210,31 @@ def test_echo_returns_exactly_the_csv_sent(sagemaker_client):
     assert response["ContentType"] == "text/csv; charset=utf-8"
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "rows"),
+    [
+        ("housing", HOUSING_ROWS * 3),
+        ("housing-multi", HOUSING_ROWS),
+        ("diabetes-regression", DIABETES_ROWS),
+        ("iris-classifier", [features for features, _ in IRIS_SAMPLES]),
+        ("field-count", [[1], [1, 2, 3], ["a,b", 'say "hi"']]),
+        ("echo", [[1, 2], ["two\nlines", "x"], ["é"]]),
+    ],
+)
+def test_multi_record_csv_answers_each_record_as_alone(sagemaker_client, endpoint, rows):
+    """One line per record (a quoted line break stays in its record), each the line that
+    the record alone gets: what aws_ml's batch form relies on."""
+    records = []
+    for row in rows:
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerow(row)
+        records.append(buffer.getvalue())
+    together, _ = invoke(sagemaker_client, endpoint, "".join(records).encode())
+    alone = [invoke(sagemaker_client, endpoint, record.encode())[0] for record in records]
+    assert together == "".join(alone)
+    assert all(line.endswith("\n") for line in alone)
+
+
 def test_json_instances_and_accept(sagemaker_client):
     payload = json.dumps({"instances": DIABETES_ROWS}).encode()
     text, response = invoke(
@@ -309,6 +334,35 @@ def test_batch_detect_sentiment_reports_each_index(comprehend_client):
     (failed,) = response["ErrorList"]
     assert (failed["Index"], failed["ErrorCode"]) == (1, "TEXT_SIZE_LIMIT_EXCEEDED")
     assert "5001 bytes" in failed["ErrorMessage"]
+
+
+def test_batch_results_are_the_single_results(comprehend_client):
+    texts = ["Excellent service!", "Pas terrible.", "Ni bien ni mal", "Great, but slow and rude"]
+    for language in ("en", "fr", "es"):
+        batch = comprehend_client.batch_detect_sentiment(TextList=texts, LanguageCode=language)
+        assert batch["ErrorList"] == []
+        for item, text in zip(batch["ResultList"], texts, strict=True):
+            single = comprehend_client.detect_sentiment(Text=text, LanguageCode=language)
+            assert (item["Sentiment"], item["SentimentScore"]) == (
+                single["Sentiment"],
+                single["SentimentScore"],
+            )
+
+
+def test_a_simulator_without_batch_detect_sentiment():
+    """As an emulator that lacks the operation: AWS's answer to an unknown target."""
+
+    class WithoutBatches(ComprehendSimulator):
+        operations = frozenset({"DetectSentiment"})
+
+    with WithoutBatches(access_key=ACCESS_KEY, secret_key=SECRET) as sim:
+        comprehend = client("comprehend", sim)
+        assert comprehend.detect_sentiment(Text="Great!", LanguageCode="en")["Sentiment"]
+        with pytest.raises(ClientError) as error:
+            comprehend.batch_detect_sentiment(TextList=["Great!"], LanguageCode="en")
+        status, message, code = aws_error(error)
+        assert (status, code) == (400, "UnknownOperationException")
+        assert "Comprehend_20171127.BatchDetectSentiment" in message
 
 
 def test_comprehend_limits(comprehend_sim, comprehend_client):
