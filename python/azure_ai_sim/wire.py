@@ -169,14 +169,29 @@ class Connection:
     def _send(self, data: bytes) -> Steps[None]:
         view = memoryview(data)
         while view:
-            sent = yield from _on_want(
-                self.sock, lambda rest=view: self.sock.send(rest), writing=True
-            )
-            view = view[sent:]
+            try:
+                view = view[self.sock.send(view) :]
+            except BlockingIOError:
+                yield self.sock, WRITE
+            except ssl.SSLWantReadError:
+                yield self.sock, READ
+            except ssl.SSLWantWriteError:
+                yield self.sock, WRITE
+            except InterruptedError:
+                pass
 
     def _fill(self) -> Steps[None]:
         """Receives whatever the server has sent next into the buffer."""
-        data = yield from _on_want(self.sock, lambda: self.sock.recv(RECEIVE_BYTES), writing=False)
+        while True:
+            try:
+                data = self.sock.recv(RECEIVE_BYTES)
+                break
+            except (BlockingIOError, ssl.SSLWantReadError):
+                yield self.sock, READ
+            except ssl.SSLWantWriteError:
+                yield self.sock, WRITE
+            except InterruptedError:
+                pass
         if not data:
             raise Closed("the server closed the connection")
         self._buffer += data
@@ -222,15 +237,20 @@ class Connection:
         if length is not None:
             if not re.fullmatch(r"[0-9]{1,18}", length):
                 raise errors.MalformedResponse(f"the server sent Content-Length {length[:20]!r}")
-            if int(length) > max_body:
-                raise TooLarge(int(length))
-            body = yield from self._exactly(int(length))
-            return Reply(status, headers, body, keep_alive)
+            size = int(length)
+            if size > max_body:
+                raise TooLarge(size)
+            if len(self._buffer) >= size:  # most often, it came with the head
+                return Reply(status, headers, self._take(size), keep_alive)
+            return Reply(status, headers, (yield from self._exactly(size)), keep_alive)
         body = yield from self._until_closed(max_body)
         return Reply(status, headers, body, False)
 
     def _head(self) -> Steps[tuple[int, dict[str, str], bool]]:
-        status_line = (yield from self._line()).decode("latin-1")
+        line = self._buffered_line()
+        if line is None:
+            line = yield from self._line()
+        status_line = line.decode("latin-1")
         version, _, rest = status_line.partition(" ")
         code = rest[:3]
         if not version.startswith("HTTP/1.") or not code.isdigit():
