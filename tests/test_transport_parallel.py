@@ -10,13 +10,16 @@ requests it serves at once, which proves that they overlapped without timing the
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -560,3 +563,60 @@ def test_https_requests_in_flight_at_once(server):
         for index, outcome in enumerate(outcomes):
             assert_scored(outcome, index)
         assert (https.max_in_flight, https.connections) == (4, 4)
+
+
+# --- the simulators' latency and counts --------------------------------------------------
+
+
+def http_call(url: str, method: str, path: str, payload: Any = None) -> tuple[int, Any]:
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        body = None if payload is None else json.dumps(payload)
+        connection.request(method, path, body, {"Authorization": f"Bearer {KEY}"})
+        reply = connection.getresponse()
+        return reply.status, json.loads(reply.read())
+    finally:
+        connection.close()
+
+
+def test_the_simulator_serves_requests_at_once_and_counts_them():
+    with pytest.raises(ValueError, match="latency_ms"):
+        AzureMLSimulator(latency_ms=-1)
+    with AzureMLSimulator(keys=[KEY]) as simulator:
+        url = simulator.url
+        assert http_call(url, "PUT", "/_sim/latency", {"latency_ms": 300}) == (
+            200, {"latency_ms": 300.0},
+        )  # fmt: skip
+        for bad in ({"latency_ms": -1}, {"latency_ms": "1"}, {"latency": 1}):
+            assert http_call(url, "PUT", "/_sim/latency", bad)[0] == 400
+        payload = {"input_data": rows(1)}
+        callers = [
+            threading.Thread(target=http_call, args=(url, "POST", "/score", payload))
+            for _ in range(4)
+        ]
+        for caller in callers:
+            caller.start()
+        wait_until(lambda: simulator.in_flight == 4, "4 requests served at once")
+        status, counts = http_call(url, "GET", "/_sim/in_flight")  # not delayed, not counted
+        assert (status, counts["in_flight"], counts["max_in_flight"]) == (200, 4, 4)
+        for caller in callers:
+            caller.join(30)
+        # a connection per call: 4 PUTs, 4 POSTs, a GET
+        assert simulator.counts() == {
+            "in_flight": 0, "max_in_flight": 4, "served": 4, "connections": 9,
+        }  # fmt: skip
+        assert http_call(url, "DELETE", "/_sim/in_flight") == (
+            200, {"in_flight": 0, "max_in_flight": 0, "served": 0, "connections": 0},
+        )  # fmt: skip
+
+
+def test_the_simulator_command_takes_a_latency():
+    command = [sys.executable, "-m", "azure_ai_sim.sim", "azureml", "--port", "0"]
+    process = subprocess.Popen([*command, "--latency-ms", "25"], stdout=subprocess.PIPE, text=True)
+    try:
+        url = process.stdout.readline().split()[-1]
+        assert http_call(url, "GET", "/_sim/latency") == (200, {"latency_ms": 25.0})
+    finally:
+        process.terminate()
+        process.wait(30)
