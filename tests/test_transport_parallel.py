@@ -56,11 +56,15 @@ SEND_BATCH = """
                               secrets=tuple(r.get("secrets", ())))
             for r in spec["requests"]
         ]
-        seconds = spec.get("timeout_ms", 60000) / 1000
-        left = transport.statement_seconds_left()
-        if left is not None and not spec.get("timeout_ms_only"):
-            seconds = min(seconds, left)
-        deadline = transport.Deadline(seconds)
+        def deadline():
+            seconds = spec.get("timeout_ms", 60000) / 1000
+            left = transport.statement_seconds_left()
+            if left is not None and not spec.get("timeout_ms_only"):
+                seconds = min(seconds, left)
+            return transport.Deadline(seconds)
+
+        if not spec.get("deadline_per_request"):
+            deadline = deadline()
         policy = transport.RetryPolicy(spec.get("max_attempts", 1),
                                        spec.get("retry_delay_ms", 0) / 1000)
         if spec.get("one_by_one"):  # what send alone does with each request
@@ -519,6 +523,20 @@ def test_statement_timeout_ends_a_batch(database, sim):
         assert_interrupted(call, "due to statement timeout", sim)
         wait_until(lambda: slow.served >= 8, "8 requests arrived")
         assert (slow.served, slow.connections) == (8, 8)
+
+
+def test_each_request_may_have_a_deadline_of_its_own(conn, sim):
+    """Five requests of 300 ms, one at a time, 1 s each: as one batch's deadline, the last
+    ones cannot make it; as a deadline per request, made when each starts, all do."""
+    conn.execute(f"SET {SETTING} = 1")
+    sim.latency_ms = 300
+    requests = [score(sim, i) for i in range(5)]
+    shared = send_batch(conn, requests, timeout_ms=1000, stop_on_error=False)
+    assert shared[-1]["sqlstate"] == "57014"
+    assert shared[-1]["message"] == f"no response from {sim.url}/score within 1000 ms"
+    own = send_batch(conn, requests, timeout_ms=1000, deadline_per_request=True)
+    for index, outcome in enumerate(own):
+        assert_scored(outcome, index)
 
 
 def test_the_deadline_ends_every_request_in_flight(conn, sim):

@@ -21,6 +21,7 @@ import contextlib
 import heapq
 import ipaddress
 import json
+import math
 import os
 import random
 import select
@@ -128,7 +129,7 @@ def send(request: Request, deadline: Deadline, policy: RetryPolicy) -> Response:
 
 def send_many(
     requests: Sequence[Request],
-    deadline: Deadline,
+    deadline: Deadline | Callable[[], Deadline],
     policy: RetryPolicy,
     stop_on_error: bool = True,
 ) -> list[Response | errors.Error | None]:
@@ -136,12 +137,15 @@ def send_many(
     deadline comes; returns their outcomes in their order: a Response, or the error that
     send would raise for that request.
 
-    Each request is retried on its own (policy), and one waiting for its retry holds up
-    no other. With stop_on_error, once a request has failed for good no request after it
-    starts any more, and those after it still in flight are abandoned (their connections
-    closed): the outcome of a request not started or abandoned is None. The requests
-    before it run to their end, so the first failure in order is known. A cancel, a
-    statement timeout or a bug raises, and abandons every request in flight."""
+    The deadline is the whole batch's, or a function that makes each request its own
+    when it starts, as its own call would have had (a request waiting for a place under
+    the cap uses none of it). Each request is retried on its own (policy), and one
+    waiting for its retry holds up no other. With stop_on_error, once a request has
+    failed for good no request after it starts any more, and those after it still in
+    flight are abandoned (their connections closed): the outcome of a request not started
+    or abandoned is None. The requests before it run to their end, so the first failure
+    in order is known. A cancel, a statement timeout or a bug raises, and abandons every
+    request in flight."""
     if not requests:
         return []
     return _Batch(requests, deadline, policy, stop_on_error).run()
@@ -344,7 +348,9 @@ _Key = tuple[str, str, int]  # an endpoint's scheme, host and port
 class _Flight:
     """One request of a batch: its attempts, and what the one in flight waits for."""
 
-    __slots__ = ("attempt", "endpoint", "index", "key", "message", "request", "steps", "wait")
+    __slots__ = (
+        "attempt", "deadline", "endpoint", "index", "key", "message", "request", "steps", "wait",
+    )  # fmt: skip
 
     def __init__(self, index: int, request: Request, endpoint: _Endpoint, message: bytes):
         self.index = index
@@ -353,6 +359,7 @@ class _Flight:
         self.key: _Key = (endpoint.scheme, endpoint.host, endpoint.port)
         self.message = message
         self.attempt = 0
+        self.deadline: Deadline | None = None  # from its first attempt on
         self.steps: Generator[Any, None, Response] | None = None  # the attempt in flight
         self.wait: Any = None  # what it waits for: a wire.Wait, or a _Job
 
@@ -361,10 +368,10 @@ class _Batch:
     """The requests of one send_many, driven by one loop on the backend's thread."""
 
     def __init__(
-        self, requests: Sequence[Request], deadline: Deadline, policy: RetryPolicy,
-        stop_on_error: bool,
+        self, requests: Sequence[Request], deadline: Deadline | Callable[[], Deadline],
+        policy: RetryPolicy, stop_on_error: bool,
     ):  # fmt: skip
-        self.deadline = deadline
+        self.new_deadline = (lambda: deadline) if isinstance(deadline, Deadline) else deadline
         self.policy = policy
         self.stop_on_error = stop_on_error
         self.cap = max_parallel_requests()
@@ -398,16 +405,28 @@ class _Batch:
                 self._start_ready()
                 if not self.in_flight and not self.timers:
                     return self.results
-                left = self.deadline.left()
-                if left <= 0 and self.in_flight:
-                    for flight in list(self.in_flight):
-                        if flight in self.in_flight:
-                            self._resume(flight, TimeoutError("the deadline passed"))
-                    continue
-                self._poll(left)
+                left = self._time_out()
+                if left is not None:
+                    self._poll(left)
         finally:
             for flight in list(self.in_flight):
                 self._abandon(flight)
+
+    def _time_out(self) -> float | None:
+        """Ends the attempts whose deadline has passed: None if any did. Otherwise the
+        time until the first deadline of those in flight comes."""
+        left = math.inf
+        passed = []
+        for flight in self.in_flight:
+            assert flight.deadline is not None
+            flight_left = flight.deadline.left()
+            if flight_left <= 0:
+                passed.append(flight)
+            left = min(left, flight_left)
+        for flight in passed:
+            if flight in self.in_flight:
+                self._resume(flight, TimeoutError("the deadline passed"))
+        return None if passed else left
 
     def _wake_timers(self) -> None:
         now = time.monotonic()
@@ -428,7 +447,9 @@ class _Batch:
                 flight = self.flights[heapq.heappop(waiting)]
                 assert flight is not None
                 flight.attempt += 1
-                if self.deadline.left() <= 0:  # as send would end: no time to connect
+                if flight.deadline is None:
+                    flight.deadline = self.new_deadline()
+                if flight.deadline.left() <= 0:  # as send would end: no time to connect
                     self._end_attempt(flight, None, errors.TimedOut("the deadline passed"))
                     continue
                 self.busy[key] = self.busy.get(key, 0) + 1
@@ -488,8 +509,9 @@ class _Batch:
     def _end_attempt(
         self, flight: _Flight, response: Response | None, failure: errors.Error | None
     ) -> None:
+        assert flight.deadline is not None
         outcome = _outcome(
-            flight.request, flight.attempt, response, failure, self.deadline, self.policy
+            flight.request, flight.attempt, response, failure, flight.deadline, self.policy
         )
         if isinstance(outcome, float):
             heapq.heappush(self.timers, (time.monotonic() + outcome, flight.index))
