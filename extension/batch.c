@@ -21,6 +21,11 @@
  *     the rows one by one, evaluating the entries with the calls' results in place of
  *     the calls: the same expressions, the same conditions, the same order of rows.
  *
+ * When a batch form fails on a row, it returns the results of the rows before it, and
+ * the node calls it for each later row alone when that row is returned: a row a LIMIT
+ * never reaches must not fail the query, and the failing row fails when its own call
+ * would have (the package keeps its error for that call instead of asking again).
+ *
  * An entry that holds something whose evaluation cannot move above the node (a
  * subquery, nextval, a PARAM_EXEC whose value may change between rows) keeps its
  * per-row calls; a plan shape not listed above is left as it was. WHERE and HAVING keep
@@ -66,7 +71,7 @@
 
 #include "azure_ai_sim.h"
 
-static bool enable_batch_mode = false;
+static bool enable_batch_mode = true;
 static int	batch_size = 1000;
 static int	max_parallel_requests = 8;
 
@@ -232,6 +237,7 @@ typedef struct Split
 	List	   *leaves;			/* what the node below computes for us (deduplicated) */
 	int			below;			/* columns of the node below before the leaves */
 	int			found;			/* calls found, the same one more than once too */
+	Node	   *parent;			/* find_calls: the node above, NULL at an entry's top */
 } Split;
 
 /* the position of node in list, by equal(); -1 if absent */
@@ -264,6 +270,14 @@ find_calls(Node *node, void *context)
 		return false;
 	if (is_batchable(node) && !contains_batchable((Node *) ((FuncExpr *) node)->args))
 	{
+		/*
+		 * A record (OUT columns) only as the entry itself or under a field selection,
+		 * as Aurora's examples use it: a record of ours inside ROW(...) fails a check
+		 * of Debian's PostgreSQL 15 when it is deformed, for reasons not yet known.
+		 */
+		if (((FuncExpr *) node)->funcresulttype == RECORDOID &&
+			split->parent != NULL && !IsA(split->parent, FieldSelect))
+			return false;
 		if (list_index_of(split->calls, node) < 0)
 			split->calls = lappend(split->calls, node);
 		split->found++;
@@ -289,9 +303,23 @@ find_calls(Node *node, void *context)
 		case T_NullTest:
 		case T_BooleanTest:
 		case T_CoerceToDomain:
-			return expression_tree_walker(node, find_calls, context);
+			{
+				Node	   *parent = split->parent;
+
+				split->parent = node;
+				expression_tree_walker(node, find_calls, context);
+				split->parent = parent;
+				return false;
+			}
 		case T_CoalesceExpr:
-			return find_calls(linitial(((CoalesceExpr *) node)->args), context);
+			{
+				Node	   *parent = split->parent;
+
+				split->parent = node;
+				find_calls(linitial(((CoalesceExpr *) node)->args), context);
+				split->parent = parent;
+				return false;
+			}
 		default:
 			return false;
 	}
@@ -373,7 +401,7 @@ static int	batch_nodes_added;
 static Plan *
 add_batch_node(PlannedStmt *stmt, Plan *plan)
 {
-	Split		split = {NIL, NIL, list_length(plan->targetlist), 0};
+	Split		split = {NIL, NIL, list_length(plan->targetlist), 0, NULL};
 	List	   *lifted = NIL;
 	List	   *below = NIL;
 	List	   *batch_oids = NIL;
@@ -509,6 +537,12 @@ batch_spine(PlannedStmt *stmt, Plan *plan)
 		case T_ProjectSet:
 		case T_CustomScan:
 			return plan;
+		case T_Result:
+			/* one row without a FROM: nothing to batch; PL/pgSQL's simple expressions
+			 * must keep this plan shape */
+			if (plan->lefttree == NULL)
+				return plan;
+			/* FALLTHROUGH */
 		default:
 			if (is_projection_capable_plan(plan) &&
 				contains_batchable((Node *) plan->targetlist))
@@ -595,6 +629,7 @@ typedef struct BatchCall
 	TupleDesc	record;			/* unwrap -1: the OUT columns, blessed */
 	Datum	   *results;		/* per row of the batch */
 	bool	   *nulls;
+	bool	   *ready;			/* whether the row's result is there */
 } BatchCall;
 
 typedef struct BatchState
@@ -772,11 +807,12 @@ unwrap_result(BatchCall *call, Datum element)
 }
 
 /*
- * One call of the batch form for the batch's rows: arrays of the arguments of the rows
- * that call it (a strict function's rows with a NULL argument get NULL, as they would).
+ * One call of the batch form for the rows first .. first + count - 1 of the batch: arrays
+ * of the arguments of the rows that call it (a strict function's rows with a NULL
+ * argument get NULL, as they would).
  */
 static double
-run_call(BatchState *state, BatchCall *call)
+run_call(BatchState *state, BatchCall *call, int first, int count)
 {
 	ExprContext *econtext = state->css.ss.ps.ps_ExprContext;
 	TupleTableSlot *scan = state->css.ss.ss_ScanTupleSlot;
@@ -784,7 +820,7 @@ run_call(BatchState *state, BatchCall *call)
 	int			narrays = call->shim ? 4 : nargs;
 	Datum	  **values = palloc(nargs * sizeof(Datum *));
 	bool	  **nulls = palloc(nargs * sizeof(bool *));
-	int		   *rows = palloc(state->count * sizeof(int));
+	int		   *rows = palloc(count * sizeof(int));
 	int			calling = 0;
 	FieldList	fields;
 	Datum	   *counts = NULL;
@@ -799,23 +835,20 @@ run_call(BatchState *state, BatchCall *call)
 
 	for (int k = 0; k < nargs; k++)
 	{
-		values[k] = palloc(state->count * sizeof(Datum));
-		nulls[k] = palloc(state->count * sizeof(bool));
+		values[k] = palloc(count * sizeof(Datum));
+		nulls[k] = palloc(count * sizeof(bool));
 	}
 	if (call->shim)
 	{
-		field_list_init(&fields, state->count * 4);
-		counts = palloc(state->count * sizeof(Datum));
+		field_list_init(&fields, count * 4);
+		counts = palloc(count * sizeof(Datum));
 	}
-	call->results = palloc0(state->count * sizeof(Datum));
-	call->nulls = palloc(state->count * sizeof(bool));
-	for (int i = 0; i < state->count; i++)
+	for (int i = first; i < first + count; i++)
 	{
 		bool		skip = false;
 		ListCell   *lc;
 		int			k = 0;
 
-		call->nulls[i] = true;
 		store_row(state, i, scan);
 		econtext->ecxt_scantuple = scan;
 		foreach(lc, call->args)
@@ -850,6 +883,8 @@ run_call(BatchState *state, BatchCall *call)
 		ResetExprContext(econtext);
 		if (!skip)
 			rows[calling++] = i;
+		else
+			call->ready[i] = true;	/* NULL, without a call */
 	}
 	if (calling == 0)
 		return 0;
@@ -887,17 +922,19 @@ run_call(BatchState *state, BatchCall *call)
 	array = DatumGetArrayTypeP(result);
 	deconstruct_array(array, call->element, call->elemlen, call->elembyval,
 					  call->elemalign, &elements, &element_nulls, &nelements);
-	if (nelements != calling)
+	/* fewer results: the rows from the first failed one on get their own calls later */
+	if (nelements > calling || nelements == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_EXCEPTION),
 				 errmsg("batch form %s returned %d results for %d rows",
 						format_procedure_qualified(call->batch.fn_oid), nelements,
 						calling)));
-	for (int j = 0; j < calling; j++)
+	for (int j = 0; j < nelements; j++)
 	{
 		call->nulls[rows[j]] = element_nulls[j];
 		if (!element_nulls[j])
 			call->results[rows[j]] = unwrap_result(call, elements[j]);
+		call->ready[rows[j]] = true;
 	}
 	return INSTR_TIME_GET_MILLISEC(duration);
 }
@@ -934,7 +971,15 @@ fill_batch(BatchState *state)
 
 	old = MemoryContextSwitchTo(state->context);
 	foreach(lc, state->calls)
-		milliseconds += run_call(state, lfirst(lc));
+	{
+		BatchCall  *call = lfirst(lc);
+
+		call->results = palloc0(state->count * sizeof(Datum));
+		call->nulls = palloc(state->count * sizeof(bool));
+		memset(call->nulls, true, state->count * sizeof(bool));
+		call->ready = palloc0(state->count * sizeof(bool));
+		milliseconds += run_call(state, call, 0, state->count);
+	}
 	MemoryContextSwitchTo(old);
 
 	state->batches++;
@@ -955,10 +1000,23 @@ exec_batch(CustomScanState *node)
 	BatchState *state = (BatchState *) node;
 	TupleTableSlot *scan = node->ss.ss_ScanTupleSlot;
 	ExprContext *econtext = node->ss.ps.ps_ExprContext;
+	ListCell   *lc;
 
 	CHECK_FOR_INTERRUPTS();
 	if (state->next >= state->count && (state->done || !fill_batch(state)))
 		return ExecClearTuple(node->ss.ps.ps_ResultTupleSlot);
+	foreach(lc, state->calls)
+	{
+		BatchCall  *call = lfirst(lc);
+
+		if (!call->ready[state->next])
+		{
+			MemoryContext old = MemoryContextSwitchTo(state->context);
+
+			run_call(state, call, state->next, 1);
+			MemoryContextSwitchTo(old);
+		}
+	}
 	store_row(state, state->next++, scan);
 	ResetExprContext(econtext);
 	if (node->ss.ps.ps_ProjInfo == NULL)
@@ -1048,7 +1106,7 @@ azure_ai_sim_batch_init(void)
 							 "Batches per-row calls of the ML functions in a query.",
 							 "Aurora's apg_enable_function_migration; applies to queries "
 							 "planned after it is set.",
-							 &enable_batch_mode, false, PGC_USERSET, 0,
+							 &enable_batch_mode, true, PGC_USERSET, 0,
 							 NULL, NULL, NULL);
 	DefineCustomIntVariable("azure_ai_sim.batch_size",
 							"Rows gathered into one batch of per-row ML calls.",

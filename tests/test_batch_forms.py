@@ -90,11 +90,33 @@ def error_of(conn: psycopg.Connection, statement: str, params: Any = None) -> tu
     """What a client sees of an error; request ids differ from call to call."""
     with pytest.raises(psycopg.Error) as caught:
         conn.execute(statement, params)
-    diag = caught.value.diag
+    return described(caught.value)
+
+
+def described(error: psycopg.Error) -> tuple:
+    diag = error.diag
     detail = diag.message_detail and re.sub(
         r"request id: [^;.]+", "request id: …", diag.message_detail
     )
-    return type(caught.value), diag.sqlstate, diag.message_primary, detail, diag.message_hint
+    return type(error), diag.sqlstate, diag.message_primary, detail, diag.message_hint
+
+
+def batch_error_of(conn: psycopg.Connection, statement: str, params: Any, row: Any = None) -> tuple:
+    """What the batching node reports when a row fails: the batch form answers the rows
+    before it (or fails, when it is the first), then the node calls it for that row alone,
+    which raises the row's error. row(k): the parameters of that call; by default element
+    k of each array."""
+    counted = (  # the statement gives a row per result, or an array
+        f"SELECT count(*) FROM ({statement}) AS s"
+        if "unnest" in statement
+        else f"SELECT cardinality(r) FROM ({statement}) AS s(r)"
+    )
+    try:
+        (k,) = conn.execute(counted, params).fetchone()
+    except psycopg.Error as error:
+        return described(error)
+    alone = row(k) if row else [[column[k]] for column in params]
+    return error_of(conn, statement, alone)
 
 
 def collect(conn: psycopg.Connection) -> list[tuple[str, str]]:
@@ -184,7 +206,7 @@ def test_a_failing_row_in_the_middle_raises_its_own_error(conn, sims):
     texts[6] = "x" * 5001  # refused before anything is sent
     expected = error_of(conn, SENTIMENT_ROW, (texts[6], "en", None))
     sims["comprehend"].recorded.clear()
-    assert error_of(conn, SENTIMENT_BATCH, (texts, languages, [None] * 10)) == expected
+    assert batch_error_of(conn, SENTIMENT_BATCH, (texts, languages, [None] * 10)) == expected
     sent = [json.loads(r["body"]) for r in sims["comprehend"].recorded.snapshot()]
     assert sent == [{"TextList": texts[:6], "LanguageCode": "en"}]  # nothing after row 6
 
@@ -192,12 +214,12 @@ def test_a_failing_row_in_the_middle_raises_its_own_error(conn, sims):
     # finds the row and its own error.
     texts = ["Good", "Bad", "", "Fine"]
     expected = error_of(conn, SENTIMENT_ROW, ("", "en", None))
-    assert error_of(conn, SENTIMENT_BATCH, (texts, ["en"] * 4, [None] * 4)) == expected
+    assert batch_error_of(conn, SENTIMENT_BATCH, (texts, ["en"] * 4, [None] * 4)) == expected
     texts, languages = ["Good", "hola", "Bad"], ["en", "xx", "en"]
     expected = error_of(conn, SENTIMENT_ROW, ("hola", "xx", None))
-    assert error_of(conn, SENTIMENT_BATCH, (texts, languages, [None] * 3)) == expected
+    assert batch_error_of(conn, SENTIMENT_BATCH, (texts, languages, [None] * 3)) == expected
     expected = error_of(conn, SENTIMENT_ROW, ("Bad", "en", 0))
-    assert error_of(conn, SENTIMENT_BATCH, (["Good", "Bad"], ["en"] * 2, [1, 0])) == expected
+    assert batch_error_of(conn, SENTIMENT_BATCH, (["Good", "Bad"], ["en"] * 2, [1, 0])) == expected
 
 
 def test_error_list_rows_get_their_own_call(conn, sims):
@@ -218,7 +240,7 @@ def test_error_list_rows_get_their_own_call(conn, sims):
     sims["comprehend"].faults.extend([Fault(status=400)])
     expected = error_of(conn, SENTIMENT_ROW, ("Terrible", "en", None))
     sims["comprehend"].faults.extend([Fault(body=scripted), Fault(status=400)])
-    assert error_of(conn, SENTIMENT_BATCH, (texts, ["en"] * 3, [None] * 3)) == expected
+    assert batch_error_of(conn, SENTIMENT_BATCH, (texts, ["en"] * 3, [None] * 3)) == expected
 
 
 def test_an_endpoint_without_batch_detect_sentiment(server, database, sims):
@@ -349,7 +371,12 @@ def test_a_failing_sagemaker_row_and_a_count_mismatch(conn, sims):
     fields = [f for _, row in rows for f in row]
     params = (names, [None] * 3, fields, [8, 8, 8])
     sims["sagemaker"].recorded.clear()
-    assert error_of(conn, ENDPOINT_BATCH, params) == expected
+    assert (
+        batch_error_of(
+            conn, ENDPOINT_BATCH, params, lambda k: ([names[k]], [None], rows[k][1], [8])
+        )
+        == expected
+    )
     # The batch, refused for row 1 (424); then row 0's and row 1's own (row 2's own may
     # have started with them, and been abandoned).
     assert len(sims["sagemaker"].recorded.snapshot()) in (3, 4)
@@ -420,11 +447,11 @@ def test_bedrock_batches_equal_per_row(conn, sims):
 
     keys[7] = None  # refused before anything is sent
     expected = error_of(conn, EMBEDDINGS_ROW, [column[7] for column in columns])
-    assert error_of(conn, EMBEDDINGS_BATCH, columns) == expected
+    assert batch_error_of(conn, EMBEDDINGS_BATCH, columns) == expected
     keys[7], keys[9] = "embedding", "vector"  # a row whose answer lacks its key
     expected = error_of(conn, EMBEDDINGS_ROW, [column[9] for column in columns])
     assert "no key" in expected[2]
-    assert error_of(conn, EMBEDDINGS_BATCH, columns) == expected
+    assert batch_error_of(conn, EMBEDDINGS_BATCH, columns) == expected
 
 
 # --- Azure ML --------------------------------------------------------------------------------
@@ -465,11 +492,11 @@ def test_invoke_batch_equals_per_row_with_warnings_in_row_order(conn, sims):
     throws[7] = True
     expected = error_of(conn, INVOKE_ROW, [c[7] for c in columns])
     received.clear()
-    assert error_of(conn, INVOKE_BATCH, columns) == expected
+    assert batch_error_of(conn, INVOKE_BATCH, columns) == expected
     assert len(received) == 1 and "424" in received[0][1]  # row 5's, not row 9's
     expected = error_of(conn, INVOKE_ROW, (GOOD, 0, True, None, 1, 1000))
     columns[1][3] = 0  # timeout_ms 0: an argument error, raised whatever throw_on_error says
-    assert error_of(conn, INVOKE_BATCH, columns) == expected
+    assert batch_error_of(conn, INVOKE_BATCH, columns) == expected
 
 
 # --- azure_local_ai --------------------------------------------------------------------------
@@ -494,10 +521,10 @@ def test_embedding_batch_bytes_equal_per_row(conn):
 
     models[11] = "nope:v1"
     expected = error_of(conn, EMBEDDING_ROW, ("nope:v1", texts[11], 1000))
-    assert error_of(conn, EMBEDDING_BATCH, (models, texts, timeouts)) == expected
+    assert batch_error_of(conn, EMBEDDING_BATCH, (models, texts, timeouts)) == expected
     models[11], timeouts[8] = FP32, -1
     expected = error_of(conn, EMBEDDING_ROW, (FP32, texts[8], -1))
-    assert error_of(conn, EMBEDDING_BATCH, (models, texts, timeouts)) == expected
+    assert batch_error_of(conn, EMBEDDING_BATCH, (models, texts, timeouts)) == expected
 
 
 # --- requests in flight, deadlines, cancellation ----------------------------------------------
@@ -544,7 +571,7 @@ def test_each_request_has_its_own_rows_deadline(conn, slow):
         "57014",
         f"azure_ml.invoke: no response from {slow['azureml'].url}/score within 50 ms",
     )
-    assert error_of(conn, INVOKE_BATCH, columns) == expected
+    assert batch_error_of(conn, INVOKE_BATCH, columns) == expected
 
 
 def test_a_batch_can_be_cancelled(database, slow):

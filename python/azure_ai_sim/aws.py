@@ -251,6 +251,11 @@ class Exchange:
     failed: Callable[[errors.Error], None] | None = None  # None: the request's row fails
 
 
+# The error of a batch's first failing row, with its arguments: raised by the call the
+# batching node makes for that row alone, instead of sending its request again.
+_deferred: tuple[tuple, errors.Error] | None = None
+
+
 class RowBatch:
     """The rows of one call of a batch form: their results in row order, and the first
     failure. Its error is the one the first failing row's own call would have raised, and
@@ -264,6 +269,7 @@ class RowBatch:
 
     def __init__(self, *columns: Sequence[Any] | None):
         """One array per argument of the per-row function, one element per row."""
+        global _deferred
         lengths = {len(column) for column in columns if column is not None}
         if None in columns or len(lengths) > 1:
             raise errors.InvalidParameter(
@@ -272,6 +278,16 @@ class RowBatch:
         self.results: list[Any] = [None] * (lengths.pop() if lengths else 0)
         self.failure: tuple[int, errors.Error] | None = None
         self._queue: list[Exchange] = []
+        self._columns = columns
+        deferred, _deferred = _deferred, None
+        if deferred is not None and deferred[0] == self._row(0):
+            self.failure = (0, deferred[1])  # this row's call failed in the batch before
+
+    def _row(self, row: int) -> tuple | None:
+        """The arguments of a row, when this call is for that one row only."""
+        if len(self.results) != 1:
+            return None
+        return tuple(column[row] for column in self._columns)
 
     @property
     def limit(self) -> int:
@@ -332,7 +348,15 @@ class RowBatch:
                         exchange.failed(error)
 
     def outcome(self) -> list[Any]:
-        """The results, or the first failing row's error."""
-        if self.failure is not None:
-            raise self.failure[1]
-        return self.results
+        """The results of the rows before the first failing one. The batching node asks
+        for each later row alone when its query needs that row (a LIMIT may never), and
+        the failing row's error is kept for that call; if the first row fails, its error
+        is raised now: the node needs that row first."""
+        global _deferred
+        if self.failure is None:
+            return self.results
+        row, error = self.failure
+        if row == 0:
+            raise error
+        _deferred = (tuple(column[row] for column in self._columns), error)
+        return self.results[:row]

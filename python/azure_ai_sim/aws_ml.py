@@ -390,11 +390,13 @@ def invoke_endpoint_batch(
     record (which a CSV reader skips), get their own request. An endpoint that refuses
     the multi-record request but answers each row's own gets one request per row from
     then on (see _refused)."""
-    batch = aws.RowBatch(endpoint_name, max_rows_per_batch, field_counts)
-    if sum(field_counts) != len(fields):
+    if field_counts is None or fields is None or sum(field_counts) != len(fields):
         raise errors.InvalidParameter("field_counts must add up to the number of fields")
     ends = list(itertools.accumulate(field_counts))
-    row_fields = [fields[end - count : end] for end, count in zip(ends, field_counts, strict=True)]
+    row_fields = [
+        tuple(fields[end - count : end]) for end, count in zip(ends, field_counts, strict=True)
+    ]
+    batch = aws.RowBatch(endpoint_name, max_rows_per_batch, row_fields)
     records = batch.prepare(_record, endpoint_name, max_rows_per_batch, row_fields)
     client = _client(batch, aws.SAGEMAKER, records)
     if client is None:

@@ -1,0 +1,178 @@
+"""Batch mode against per-row calls and against clients outside the database, with 30 ms of
+latency per request, as real services answer (the simulators run as their own processes).
+
+- detect_sentiment per row in a SELECT list, batching on and off, and a boto3 client
+  sending BatchDetectSentiment of 25 documents from 8 threads;
+- invoke_endpoint through Aurora's classify_event wrapper, batching on, and a boto3
+  client sending the same multi-record CSV requests from 8 threads;
+- azure_ml.invoke per row, batching on and off (parallel requests only);
+- create_embeddings(model, text) per row in a SELECT list against the array form.
+
+Batching off at 30 ms a row would take minutes for 10,000 rows: it runs over OFF_ROWS
+rows, and rates (rows/s) are compared. Writes build/bench/batch_throughput.json.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import boto3
+import psycopg
+import pytest
+from botocore.config import Config
+from processes import simulator_processes
+
+from conftest import INT8
+
+ROWS = 10_000
+OFF_ROWS = 300
+LATENCY_MS = 30
+THREADS = 8
+KEY, SECRET = "AKIDSIMULATOR", "sim-secret"
+RESULT = Path(__file__).resolve().parents[2] / "build" / "bench" / "batch_throughput.json"
+FEEDBACK = "The support team was wonderful and solved my problem quickly."
+CLASSIFY_EVENT = """
+CREATE FUNCTION classify_event (IN arg1 INT, IN arg2 DATE, OUT category INT)
+AS $$
+    SELECT aws_sagemaker.invoke_endpoint (
+        'field-count', NULL,
+        arg1, arg2                        -- model inputs are separate arguments
+        )::INT                            -- cast the output to INT
+$$ LANGUAGE SQL PARALLEL SAFE COST 5000
+"""
+
+
+@pytest.fixture(scope="module")
+def endpoints() -> Iterator[dict[str, str]]:
+    options = ("--latency-ms", str(LATENCY_MS))
+    with simulator_processes("sagemaker", "comprehend", "azureml", options=options) as urls:
+        yield urls
+
+
+@pytest.fixture(scope="module")
+def bench_conn(database, endpoints):
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION aws_ml CASCADE")
+        conn.execute("CREATE EXTENSION azure_ai")
+        conn.execute("CREATE EXTENSION azure_local_ai CASCADE")
+        settings = {"region": "us-east-1", "aws_access_key_id": KEY,
+                    "aws_secret_access_key": SECRET,
+                    "sagemaker.endpoint_url": endpoints["sagemaker"],
+                    "comprehend.endpoint_url": endpoints["comprehend"]}  # fmt: skip
+        for key, value in settings.items():
+            conn.execute("SELECT aws_ml.set_setting(%s, %s)", (key, value))
+        conn.execute(
+            "SELECT azure_ai.set_setting('azure_ml.scoring_endpoint', %s)",
+            (endpoints["azureml"] + "/score",),
+        )
+        conn.execute("SELECT azure_ai.set_setting('azure_ml.endpoint_key', 'sim-key')")
+        conn.execute(CLASSIFY_EVENT)
+        conn.execute(
+            "CREATE TABLE support AS SELECT g AS id, %s || ' ' || g AS feedback,"
+            " DATE '2024-01-01' + g % 365 AS day FROM generate_series(1, %s) g",
+            (FEEDBACK, ROWS),
+        )
+        yield conn
+
+
+def client(service: str, url: str):
+    return boto3.client(
+        service, endpoint_url=url, region_name="us-east-1", aws_access_key_id=KEY,
+        aws_secret_access_key=SECRET,
+        config=Config(retries={"total_max_attempts": 1}, max_pool_connections=THREADS),
+    )  # fmt: skip
+
+
+def rate(rows: int, run: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    run()
+    return rows / (time.perf_counter() - started)
+
+
+def in_database(conn: psycopg.Connection, query: str, batching: bool, rows: int) -> float:
+    conn.execute(f"SET azure_ai_sim.enable_batch_mode = {batching}")
+    return rate(rows, lambda: conn.execute(query).fetchall())
+
+
+def in_threads(requests: list, send: Callable) -> None:
+    with ThreadPoolExecutor(THREADS) as pool:
+        list(pool.map(send, requests))
+
+
+def chunks(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def test_batch_throughput(bench_conn, endpoints):
+    conn = bench_conn
+    result: dict = {"benchmark": "batch_throughput", "rows": ROWS, "rows_batching_off": OFF_ROWS,
+                    "latency_ms": LATENCY_MS, "client_threads": THREADS}  # fmt: skip
+    texts = [f"{FEEDBACK} {i}" for i in range(1, ROWS + 1)]
+
+    sentiment = "SELECT (aws_comprehend.detect_sentiment(feedback, 'en')).sentiment FROM support"
+    comprehend = client("comprehend", endpoints["comprehend"])
+    on = in_database(conn, sentiment, True, ROWS)
+    off = in_database(conn, sentiment + f" WHERE id <= {OFF_ROWS}", False, OFF_ROWS)
+    boto = rate(ROWS, lambda: in_threads(
+        chunks(texts, 25),
+        lambda batch: comprehend.batch_detect_sentiment(TextList=batch, LanguageCode="en"),
+    ))  # fmt: skip
+    result["detect_sentiment"] = {
+        "batching_on_rows_per_s": on, "batching_off_rows_per_s": off,
+        "boto3_batch_threads_rows_per_s": boto,
+        "on_to_off": on / off, "on_to_boto3": on / boto,
+    }  # fmt: skip
+
+    classify = "SELECT classify_event(id, day) FROM support"
+    sagemaker = client("sagemaker-runtime", endpoints["sagemaker"])
+    records = [f"{i},{day}" for i, day in conn.execute("SELECT id, day FROM support")]
+    on = in_database(conn, classify, True, ROWS)
+    per_request = max(1, ROWS // THREADS // 4)
+    boto = rate(ROWS, lambda: in_threads(
+        chunks(records, per_request),
+        lambda batch: sagemaker.invoke_endpoint(
+            EndpointName="field-count", ContentType="text/csv", Accept="text/csv",
+            Body="\n".join(batch).encode() + b"\n",
+        )["Body"].read(),
+    ))  # fmt: skip
+    result["invoke_endpoint_classify_event"] = {
+        "batching_on_rows_per_s": on, "boto3_csv_threads_rows_per_s": boto,
+        "boto3_rows_per_request": per_request, "on_to_boto3": on / boto,
+    }  # fmt: skip
+
+    invoke = (
+        "SELECT azure_ml.invoke(jsonb_build_object('input_data', jsonb_build_array("
+        "jsonb_build_array(id, 2, 3, 4, 5, 6, 7, 8))), deployment_name => 'Housingprediction')"
+        " FROM support WHERE id <= {rows}"
+    )
+    on = in_database(conn, invoke.format(rows=ROWS // 5), True, ROWS // 5)
+    off = in_database(conn, invoke.format(rows=OFF_ROWS), False, OFF_ROWS)
+    result["azure_ml_invoke"] = {
+        "rows": ROWS // 5, "batching_on_rows_per_s": on, "batching_off_rows_per_s": off,
+        "on_to_off": on / off,
+    }  # fmt: skip
+
+    embed_rows = 2_000
+    per_row = in_database(
+        conn,
+        f"SELECT azure_local_ai.create_embeddings('{INT8}', feedback) FROM support"
+        f" WHERE id <= {embed_rows}",
+        True,
+        embed_rows,
+    )
+    array_form = rate(embed_rows, lambda: conn.execute(
+        f"SELECT azure_local_ai.create_embeddings('{INT8}', array_agg(feedback ORDER BY id))"
+        f" FROM support WHERE id <= {embed_rows}"
+    ).fetchall())  # fmt: skip
+    result["create_embeddings"] = {
+        "rows": embed_rows, "per_row_batched_rows_per_s": per_row,
+        "array_form_rows_per_s": array_form, "per_row_to_array_form": per_row / array_form,
+    }  # fmt: skip
+
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
