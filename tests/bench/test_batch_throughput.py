@@ -73,7 +73,7 @@ def bench_conn(database, endpoints):
         conn.execute(CLASSIFY_EVENT)
         conn.execute(
             "CREATE TABLE support AS SELECT g AS id, %s || ' ' || g AS feedback,"
-            " DATE '2024-01-01' + g % 365 AS day FROM generate_series(1, %s) g",
+            " DATE '2024-01-01' + g %% 365 AS day FROM generate_series(1, %s) g",
             (FEEDBACK, ROWS),
         )
         yield conn
@@ -95,7 +95,15 @@ def rate(rows: int, run: Callable[[], object]) -> float:
 
 def in_database(conn: psycopg.Connection, query: str, batching: bool, rows: int) -> float:
     conn.execute(f"SET azure_ai_sim.enable_batch_mode = {batching}")
+    conn.execute(f"{query} LIMIT 20").fetchall()  # warm up: imports, connections
     return rate(rows, lambda: conn.execute(query).fetchall())
+
+
+def batch_processing(conn: psycopg.Connection, query: str) -> str:
+    """The Batch node's line of EXPLAIN ANALYZE (batching on), for the record."""
+    conn.execute("SET azure_ai_sim.enable_batch_mode = on")
+    plan = [r[0].strip() for r in conn.execute(f"EXPLAIN (ANALYZE, COSTS OFF) {query}")]
+    return next((line for line in plan if line.startswith("Batch Processing")), "no batching")
 
 
 def in_threads(requests: list, send: Callable) -> None:
@@ -125,6 +133,7 @@ def test_batch_throughput(bench_conn, endpoints):
         "batching_on_rows_per_s": on, "batching_off_rows_per_s": off,
         "boto3_batch_threads_rows_per_s": boto,
         "on_to_off": on / off, "on_to_boto3": on / boto,
+        "explain": batch_processing(conn, sentiment),
     }  # fmt: skip
 
     classify = "SELECT classify_event(id, day) FROM support"
@@ -142,6 +151,7 @@ def test_batch_throughput(bench_conn, endpoints):
     result["invoke_endpoint_classify_event"] = {
         "batching_on_rows_per_s": on, "boto3_csv_threads_rows_per_s": boto,
         "boto3_rows_per_request": per_request, "on_to_boto3": on / boto,
+        "explain": batch_processing(conn, classify),
     }  # fmt: skip
 
     invoke = (
