@@ -259,13 +259,9 @@ _deferred: tuple[tuple, errors.Error] | None = None
 class RowBatch:
     """The rows of one call of a batch form: their results in row order, and the first
     failure. Its error is the one the first failing row's own call would have raised, and
-    nothing is sent for the rows after it: requests go in waves of at most
-    max_parallel_requests, in row order, and no wave starts once a row has failed (one in
-    flight is abandoned, as transport.send_many abandons what follows a failure).
-
-    A wave, rather than all requests in one send_many, because send_many gives all its
-    requests one deadline: in a wave no request waits for a connection, so each has the
-    whole deadline its row's own call would have had."""
+    nothing is sent for the rows after it: the requests go to transport.send_many in row
+    order, which starts none after a failure and abandons those in flight after it; each
+    request gets its row's deadline from its own start."""
 
     def __init__(self, *columns: Sequence[Any] | None):
         """One array per argument of the per-row function, one element per row."""
@@ -327,12 +323,12 @@ class RowBatch:
             if not self._queue:
                 return
             timing = self._queue[0].timing
-            size = transport.max_parallel_requests()
             wave = []
-            while self._queue and len(wave) < size and self._queue[0].timing == timing:
+            while self._queue and self._queue[0].timing == timing:
                 wave.append(self._queue.pop(0))
             requests = [exchange.request for exchange in wave]
-            outcomes = transport.send_many(requests, timing.deadline(), timing.policy())
+            # each request's deadline counts from its own start, as its row's own call's
+            outcomes = transport.send_many(requests, timing.deadline, timing.policy())
             for exchange, outcome in zip(wave, outcomes, strict=True):
                 if outcome is None:  # abandoned after a failure: again, if it still matters
                     self._queue.append(exchange)
