@@ -237,7 +237,6 @@ typedef struct Split
 	List	   *leaves;			/* what the node below computes for us (deduplicated) */
 	int			below;			/* columns of the node below before the leaves */
 	int			found;			/* calls found, the same one more than once too */
-	Node	   *parent;			/* find_calls: the node above, NULL at an entry's top */
 } Split;
 
 /* the position of node in list, by equal(); -1 if absent */
@@ -270,14 +269,6 @@ find_calls(Node *node, void *context)
 		return false;
 	if (is_batchable(node) && !contains_batchable((Node *) ((FuncExpr *) node)->args))
 	{
-		/*
-		 * A record (OUT columns) only as the entry itself or under a field selection,
-		 * as Aurora's examples use it: a record of ours inside ROW(...) fails a check
-		 * of Debian's PostgreSQL 15 when it is deformed, for reasons not yet known.
-		 */
-		if (((FuncExpr *) node)->funcresulttype == RECORDOID &&
-			split->parent != NULL && !IsA(split->parent, FieldSelect))
-			return false;
 		if (list_index_of(split->calls, node) < 0)
 			split->calls = lappend(split->calls, node);
 		split->found++;
@@ -303,23 +294,9 @@ find_calls(Node *node, void *context)
 		case T_NullTest:
 		case T_BooleanTest:
 		case T_CoerceToDomain:
-			{
-				Node	   *parent = split->parent;
-
-				split->parent = node;
-				expression_tree_walker(node, find_calls, context);
-				split->parent = parent;
-				return false;
-			}
+			return expression_tree_walker(node, find_calls, context);
 		case T_CoalesceExpr:
-			{
-				Node	   *parent = split->parent;
-
-				split->parent = node;
-				find_calls(linitial(((CoalesceExpr *) node)->args), context);
-				split->parent = parent;
-				return false;
-			}
+			return find_calls(linitial(((CoalesceExpr *) node)->args), context);
 		default:
 			return false;
 	}
@@ -401,7 +378,7 @@ static int	batch_nodes_added;
 static Plan *
 add_batch_node(PlannedStmt *stmt, Plan *plan)
 {
-	Split		split = {NIL, NIL, list_length(plan->targetlist), 0, NULL};
+	Split		split = {NIL, NIL, list_length(plan->targetlist), 0};
 	List	   *lifted = NIL;
 	List	   *below = NIL;
 	List	   *batch_oids = NIL;
@@ -627,6 +604,7 @@ typedef struct BatchCall
 	int			unwrap;			/* 0: the element is the result; 1: its only column;
 								 * -1: a record of the function's OUT columns */
 	TupleDesc	record;			/* unwrap -1: the OUT columns, blessed */
+	TupleDesc	element_desc;	/* unwrap -1: the element's columns */
 	Datum	   *results;		/* per row of the batch */
 	bool	   *nulls;
 	bool	   *ready;			/* whether the row's result is there */
@@ -700,6 +678,7 @@ init_result(BatchCall *call)
 			{
 				call->unwrap = -1;
 				call->record = BlessTupleDesc(CreateTupleDescCopy(out));
+				call->element_desc = element_desc;
 				return;
 			}
 		}
@@ -797,10 +776,20 @@ unwrap_result(BatchCall *call, Datum element)
 		case 1:
 			return GetAttributeByNum(DatumGetHeapTupleHeader(element), 1, &isnull);
 		case -1:
-			tuple = DatumGetHeapTupleHeaderCopy(element);
-			HeapTupleHeaderSetTypeId(tuple, RECORDOID);
-			HeapTupleHeaderSetTypMod(tuple, call->record->tdtypmod);
-			return PointerGetDatum(tuple);
+			{
+				/* the same values, formed as the function's own result is */
+				HeapTupleData element_tuple;
+				Datum	   *values = palloc(call->record->natts * sizeof(Datum));
+				bool	   *nulls = palloc(call->record->natts * sizeof(bool));
+
+				tuple = DatumGetHeapTupleHeader(element);
+				element_tuple.t_len = HeapTupleHeaderGetDatumLength(tuple);
+				ItemPointerSetInvalid(&element_tuple.t_self);
+				element_tuple.t_tableOid = InvalidOid;
+				element_tuple.t_data = tuple;
+				heap_deform_tuple(&element_tuple, call->element_desc, values, nulls);
+				return HeapTupleGetDatum(heap_form_tuple(call->record, values, nulls));
+			}
 		default:
 			return element;
 	}

@@ -79,6 +79,11 @@ CREATE TEMP TABLE support (feedback text);
 INSERT INTO support VALUES ('The support team was wonderful, thank you!'), ('The product broke after one day. Terrible.'), ('I received the parcel on Tuesday.');
 SELECT feedback, s.sentiment, s.confidence FROM support, aws_comprehend.detect_sentiment(feedback, 'en') s ORDER BY s.confidence DESC;
 
+-- Batch mode, as on Aurora: per-row calls in a SELECT list go out in batches (BatchDetectSentiment).
+INSERT INTO support SELECT 'Feedback number ' || g FROM generate_series(1, 3000) g;
+EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF)
+SELECT feedback, (aws_comprehend.detect_sentiment(feedback, 'en')).sentiment FROM support;
+
 -- Bedrock: an embedding (from the local e5 model, projected: the simulator is no Titan).
 SELECT array_length(aws_bedrock.invoke_model_get_embeddings(model_id := 'amazon.titan-embed-text-v2:0', content_type := 'application/json', json_key := 'embedding', model_input := '{"inputText": "PostgreSQL with machine learning"}'), 1) AS titan_dimensions;
 

@@ -24,6 +24,12 @@ def test_demo_runs_and_prints_results(server, database, azureml):
     assert re.search(rf"^ aws_ml +\| {re.escape(SQL_VERSIONS['aws_ml'][-1])}$", output, re.M)
     assert re.search(r"^ +0 \| +2$", output, re.MULTILINE)  # setosa, virginica
     assert re.search(r"^ The support team was wonderful, thank you! +\| POSITIVE", output, re.M)
+    assert re.search(
+        r"^   Batch Processing: num batches=4 avg/min/max batch size=750\.750/3\.000/1000\.000"
+        r" avg/min/max batch call time=[0-9.]+/[0-9.]+/[0-9.]+$",
+        output,
+        re.M,
+    )
     assert re.search(r"^ +1024$", output, re.MULTILINE)  # Titan v2's dimensions
     assert (
         'ERROR:  azure_ai.set_setting: invalid value for setting "azure_ml.scoring_endpoint": '
