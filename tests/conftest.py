@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -101,9 +102,16 @@ def notices(conn: psycopg.Connection) -> list[str]:
     return collected
 
 
-def run_in_thread(database: str, statement: str, setup: str = "") -> dict:
+def run_in_thread(
+    database: str,
+    statement: str,
+    setup: str = "",
+    params: Any = None,
+    after: tuple[str, Any] = ("SELECT 42", None),
+) -> dict:
     """Runs a statement on a connection of its own; returns its pid and, once the thread
-    has ended, its error (or None) and the answer of a statement run after it."""
+    has ended, its error (or None) and the answer of a statement run after it (after
+    RESET ALL)."""
     outcome: dict = {}
     ready = threading.Event()
 
@@ -114,11 +122,12 @@ def run_in_thread(database: str, statement: str, setup: str = "") -> dict:
                 own.execute(setup)
             ready.set()
             try:
-                own.execute(statement)
+                own.execute(statement, params)
                 outcome["error"] = None
             except psycopg.Error as error:
                 outcome["error"] = error
-            outcome["after"] = own.execute("SELECT 42").fetchone()[0]
+            own.execute("RESET ALL")
+            outcome["after"] = own.execute(*after).fetchone()[0]
 
     outcome["thread"] = threading.Thread(target=run)
     outcome["thread"].start()

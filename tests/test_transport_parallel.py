@@ -29,6 +29,7 @@ from azure_ai_sim.sim import AzureMLSimulator, Fault
 from azure_ai_sim.sim.models import HOUSING
 from azure_ai_sim.sim.server import oversized_json
 from cluster import Cluster
+from conftest import run_in_thread
 
 KEY = "sim-key"
 SECRET = "sk-ParallelSecretThatMustNotLeak42"
@@ -467,30 +468,12 @@ def test_secrets_never_appear_in_errors_or_bodies(conn, server, sim):
 # --- cancel, statement_timeout, deadline -------------------------------------------------
 
 
-def run_in_thread(database: str, spec: dict, then: dict, setup: str = "") -> dict:
-    """send_batch(spec) on a connection of its own; once the thread has ended, its error
-    (or None) and the outcome of send_batch(then) on the same backend afterwards."""
-    outcome: dict = {}
-    ready = threading.Event()
-
-    def run() -> None:
-        with psycopg.connect(database, autocommit=True) as own:
-            outcome["pid"] = own.info.backend_pid
-            if setup:
-                own.execute(setup)
-            ready.set()
-            try:
-                own.execute("SELECT send_batch(%s)", (Jsonb(spec),))
-                outcome["error"] = None
-            except psycopg.Error as error:
-                outcome["error"] = error
-            own.execute("RESET ALL")
-            outcome["after"] = own.execute("SELECT send_batch(%s)", (Jsonb(then),)).fetchone()[0]
-
-    outcome["thread"] = threading.Thread(target=run)
-    outcome["thread"].start()
-    ready.wait(10)
-    return outcome
+def send_in_thread(database: str, spec: dict, then: dict, setup: str = "") -> dict:
+    """send_batch(spec) on a connection of its own, then send_batch(then) on it."""
+    return run_in_thread(
+        database, "SELECT send_batch(%s)", setup, (Jsonb(spec),),
+        after=("SELECT send_batch(%s)", (Jsonb(then),)),
+    )  # fmt: skip
 
 
 def assert_interrupted(call: dict, reason: str, sim: AzureMLSimulator) -> None:
@@ -506,7 +489,7 @@ def assert_interrupted(call: dict, reason: str, sim: AzureMLSimulator) -> None:
 def test_pg_cancel_backend_ends_a_batch(conn, database, sim):
     with AzureMLSimulator(keys=[KEY], latency_ms=60_000) as slow:
         requests = [score(slow, i) for i in range(20)]
-        call = run_in_thread(database, {"requests": requests}, {"requests": [score(sim, 0)]})
+        call = send_in_thread(database, {"requests": requests}, {"requests": [score(sim, 0)]})
         wait_until(lambda: slow.in_flight == 8, "8 requests in flight")
         conn.execute("SELECT pg_cancel_backend(%s)", (call["pid"],))
         assert_interrupted(call, "due to user request", sim)
@@ -516,7 +499,7 @@ def test_pg_cancel_backend_ends_a_batch(conn, database, sim):
 def test_statement_timeout_ends_a_batch(database, sim):
     with AzureMLSimulator(keys=[KEY], latency_ms=60_000) as slow:
         requests = [score(slow, i) for i in range(20)]
-        call = run_in_thread(
+        call = send_in_thread(
             database, {"requests": requests}, {"requests": [score(sim, 0)]},
             setup="SET statement_timeout = 1000",
         )  # fmt: skip
