@@ -123,31 +123,44 @@ add_argument(FieldList *fields, Datum value, bool isnull, Oid type)
 }
 
 /*
- * The PL/Python core of the shim: _invoke_endpoint(text, integer, text[]) of the same
- * extension as the shim, in aws_ml_internal (aws_ml 2.0.1 on) or aws_sagemaker (1.0 and
- * 2.0). Looked up without the caller's search_path or schema privileges, which decide
- * nothing here: the caller was allowed to run the shim.
+ * The function schema.name(argtypes) of the same extension as sibling, or InvalidOid.
+ * Looked up without the caller's search_path or schema privileges, which decide
+ * nothing here: the caller was allowed to run sibling.
+ */
+Oid
+function_beside(Oid sibling, const char *schema, const char *name, const Oid *argtypes,
+				int nargs)
+{
+	Oid			namespace = get_namespace_oid(schema, true);
+	Oid			function;
+
+	if (!OidIsValid(namespace))
+		return InvalidOid;
+	function = GetSysCacheOid3(PROCNAMEARGSNSP, Anum_pg_proc_oid, CStringGetDatum(name),
+							   PointerGetDatum(buildoidvector(argtypes, nargs)),
+							   ObjectIdGetDatum(namespace));
+	if (!OidIsValid(function) ||
+		getExtensionOfObject(ProcedureRelationId, function) !=
+		getExtensionOfObject(ProcedureRelationId, sibling))
+		return InvalidOid;
+	return function;
+}
+
+/*
+ * The PL/Python core of the shim: _invoke_endpoint(text, integer, text[]) in
+ * aws_ml_internal (aws_ml 2.0.1 on) or aws_sagemaker (1.0 and 2.0).
  */
 static Oid
 core_function(Oid shim)
 {
 	const char *schemas[] = {"aws_ml_internal", "aws_sagemaker"};
 	Oid			argtypes[3] = {TEXTOID, INT4OID, TEXTARRAYOID};
-	oidvector  *signature = buildoidvector(argtypes, 3);
-	Oid			extension = getExtensionOfObject(ProcedureRelationId, shim);
 
 	for (int i = 0; i < lengthof(schemas); i++)
 	{
-		Oid			schema = get_namespace_oid(schemas[i], true);
-		Oid			core;
+		Oid			core = function_beside(shim, schemas[i], "_invoke_endpoint", argtypes, 3);
 
-		if (!OidIsValid(schema))
-			continue;
-		core = GetSysCacheOid3(PROCNAMEARGSNSP, Anum_pg_proc_oid,
-							   CStringGetDatum("_invoke_endpoint"),
-							   PointerGetDatum(signature), ObjectIdGetDatum(schema));
-		if (OidIsValid(core) &&
-			getExtensionOfObject(ProcedureRelationId, core) == extension)
+		if (OidIsValid(core))
 			return core;
 	}
 	ereport(ERROR,

@@ -17,6 +17,8 @@ typedef struct FieldList
 
 extern void field_list_init(FieldList *fields, int expected);
 extern void add_argument(FieldList *fields, Datum value, bool isnull, Oid type);
+extern Oid	function_beside(Oid sibling, const char *schema, const char *name,
+							const Oid *argtypes, int nargs);
 
 /* batch.c */
 extern void azure_ai_sim_batch_init(void);

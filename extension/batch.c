@@ -42,8 +42,6 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
-#include "catalog/dependency.h"
-#include "catalog/namespace.h"
 #include "catalog/objectaccess.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
@@ -123,13 +121,16 @@ internal_schema_of(Oid namespace)
 	return NULL;
 }
 
+/*
+ * The batch form of a function of ours: <internal schema>.<name>_batch of the same
+ * extension, taking an array of each argument and returning an array; or InvalidOid.
+ */
 static Oid
 find_batch_form(Oid function)
 {
 	HeapTuple	tuple = SearchSysCache1(PROCOID, ObjectIdGetDatum(function));
 	Form_pg_proc proc;
 	const char *internal;
-	Oid			schema;
 	Oid			argtypes[FUNC_MAX_ARGS];
 	int			nargs;
 	Oid			batch = InvalidOid;
@@ -138,8 +139,7 @@ find_batch_form(Oid function)
 		return InvalidOid;
 	proc = (Form_pg_proc) GETSTRUCT(tuple);
 	internal = internal_schema_of(proc->pronamespace);
-	schema = internal ? get_namespace_oid(internal, true) : InvalidOid;
-	if (OidIsValid(schema) && !proc->proretset)
+	if (internal != NULL && !proc->proretset)
 	{
 		if (proc->provariadic == ANYOID)
 		{
@@ -156,25 +156,12 @@ find_batch_form(Oid function)
 			for (int i = 0; i < nargs; i++)
 				argtypes[i] = get_array_type(proc->proargtypes.values[i]);
 		}
-		{
-			char	   *name = psprintf("%s_batch", NameStr(proc->proname));
-			bool		complete = true;
-
-			for (int i = 0; i < nargs; i++)
-				complete &= OidIsValid(argtypes[i]);
-			if (complete)
-				batch = GetSysCacheOid3(PROCNAMEARGSNSP, Anum_pg_proc_oid,
-										CStringGetDatum(name),
-										PointerGetDatum(buildoidvector(argtypes, nargs)),
-										ObjectIdGetDatum(schema));
-		}
+		batch = function_beside(function, internal,
+								psprintf("%s_batch", NameStr(proc->proname)),
+								argtypes, nargs);
 	}
 	ReleaseSysCache(tuple);
-	/* of the same extension, returning an array */
-	if (OidIsValid(batch) &&
-		(getExtensionOfObject(ProcedureRelationId, batch) !=
-		 getExtensionOfObject(ProcedureRelationId, function) ||
-		 !OidIsValid(get_element_type(get_func_rettype(batch)))))
+	if (OidIsValid(batch) && !OidIsValid(get_element_type(get_func_rettype(batch))))
 		batch = InvalidOid;
 	return batch;
 }
@@ -594,6 +581,9 @@ typedef struct BatchCall
 {
 	FuncExpr   *call;			/* its arguments over the scan tuple */
 	List	   *args;			/* their ExprStates */
+	Oid		   *argtypes;		/* their types, lengths and by-value flags */
+	int16	   *arglens;
+	bool	   *argbyvals;
 	FmgrInfo	batch;			/* the batch form */
 	bool		shim;			/* aws_sagemaker.invoke_endpoint: CSV fields per row */
 	bool		strict;
@@ -718,8 +708,17 @@ begin_batch(CustomScanState *node, EState *estate, int eflags)
 		check_execute(call->call->funcid);
 		call->shim = get_func_variadictype(call->call->funcid) == ANYOID;
 		call->strict = func_strict(call->call->funcid);
+		call->argtypes = palloc(list_length(call->call->args) * sizeof(Oid));
+		call->arglens = palloc(list_length(call->call->args) * sizeof(int16));
+		call->argbyvals = palloc(list_length(call->call->args) * sizeof(bool));
 		foreach(arg, call->call->args)
+		{
+			int			k = foreach_current_index(arg);
+
 			call->args = lappend(call->args, ExecInitExpr(lfirst(arg), &node->ss.ps));
+			call->argtypes[k] = exprType(lfirst(arg));
+			get_typlenbyval(call->argtypes[k], &call->arglens[k], &call->argbyvals[k]);
+		}
 		fmgr_info(lfirst_oid(oid), &call->batch);
 		init_result(call);
 		state->calls = lappend(state->calls, call);
@@ -843,15 +842,11 @@ run_call(BatchState *state, BatchCall *call, int first, int count)
 		foreach(lc, call->args)
 		{
 			MemoryContext old = MemoryContextSwitchTo(econtext->ecxt_per_tuple_memory);
-			Oid			type = exprType(list_nth(call->call->args, k));
-			int16		length;
-			bool		byval;
 			Datum		value = ExecEvalExpr(lfirst(lc), econtext, &nulls[k][calling]);
 
 			MemoryContextSwitchTo(old);
-			get_typlenbyval(type, &length, &byval);
 			values[k][calling] = nulls[k][calling] ? (Datum) 0 :
-				datumCopy(value, byval, length);
+				datumCopy(value, call->argbyvals[k], call->arglens[k]);
 			skip |= call->strict && nulls[k][calling];
 			k++;
 		}
@@ -865,7 +860,7 @@ run_call(BatchState *state, BatchCall *call, int first, int count)
 				if (nulls[k][calling] && call->call->funcvariadic)
 					continue;
 				add_argument(&fields, values[k][calling], nulls[k][calling],
-							 exprType(list_nth(call->call->args, k)));
+							 call->argtypes[k]);
 			}
 			counts[calling] = Int32GetDatum(fields.count - before);
 		}
@@ -895,8 +890,7 @@ run_call(BatchState *state, BatchCall *call, int first, int count)
 	else
 		for (int k = 0; k < nargs; k++)
 			fcinfo->args[k].value =
-				make_array(values[k], nulls[k], calling,
-						   exprType(list_nth(call->call->args, k)));
+				make_array(values[k], nulls[k], calling, call->argtypes[k]);
 	for (int k = 0; k < narrays; k++)
 		fcinfo->args[k].isnull = false;
 
