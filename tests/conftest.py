@@ -88,6 +88,19 @@ def make_role(conn: psycopg.Connection) -> Iterator[Callable[..., str]]:
         conn.execute(f"DROP ROLE {name}")
 
 
+def point_aws_at(conn: psycopg.Connection, urls: dict[str, str]) -> None:
+    """aws_ml's settings for the simulators: region, their key, and each service's URL
+    (urls: service name, such as "sagemaker", to URL)."""
+    settings = {
+        "region": "us-east-1",
+        "aws_access_key_id": "AKIDSIMULATOR",
+        "aws_secret_access_key": "sim-secret",
+        **{f"{name}.endpoint_url": url for name, url in urls.items()},
+    }
+    for key, value in settings.items():
+        conn.execute("SELECT aws_ml.set_setting(%s, %s)", (key, value))
+
+
 def force_parallel(conn: psycopg.Connection, on: bool = True) -> None:
     """Sets (or resets) force_parallel_mode, which PostgreSQL 16 renamed debug_parallel_query."""
     version = int(conn.execute("SELECT current_setting('server_version_num')").fetchone()[0])

@@ -13,7 +13,7 @@ from azure_ai_sim.sim import (
     SageMakerSimulator,
     StsSimulator,
 )
-from conftest import assert_interrupted, force_parallel, run_in_thread
+from conftest import assert_interrupted, force_parallel, point_aws_at, run_in_thread
 
 # Endpoint names of Aurora's examples, served by the simulator's endpoints.
 ALIASES = {
@@ -38,14 +38,7 @@ def simulators():
 def extension(database, simulators):
     with psycopg.connect(database, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS aws_ml CASCADE")
-        settings = {
-            "region": "us-east-1",
-            "aws_access_key_id": "AKIDSIMULATOR",
-            "aws_secret_access_key": "sim-secret",
-            **{f"{name}.endpoint_url": sim.url for name, sim in simulators.items()},
-        }
-        for key, value in settings.items():
-            conn.execute("SELECT aws_ml.set_setting(%s, %s)", (key, value))
+        point_aws_at(conn, {name: sim.url for name, sim in simulators.items()})
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from azure_ai_sim.sim import AzureMLSimulator, ComprehendSimulator, SageMakerSimulator
-from conftest import INT8
+from conftest import INT8, point_aws_at
 
 ALIASES = {"sagemaker_model_endpoint_name": "field-count", "ep": "echo",
            "multiple_output_endpoint": "housing-multi"}  # fmt: skip
@@ -48,15 +48,7 @@ def db(database: str, simulators: dict) -> str:
         conn.execute("CREATE EXTENSION azure_ai")
         conn.execute("CREATE EXTENSION azure_local_ai CASCADE")
         conn.execute("CREATE EXTENSION aws_ml CASCADE")
-        aws = {
-            "region": "us-east-1",
-            "aws_access_key_id": "AKIDSIMULATOR",
-            "aws_secret_access_key": "sim-secret",
-            "comprehend.endpoint_url": simulators["comprehend"].url,
-            "sagemaker.endpoint_url": simulators["sagemaker"].url,
-        }
-        for key, value in aws.items():
-            conn.execute("SELECT aws_ml.set_setting(%s, %s)", (key, value))
+        point_aws_at(conn, {name: simulators[name].url for name in ("comprehend", "sagemaker")})
         azureml = simulators["azureml"]
         conn.execute(
             "SELECT azure_ai.set_setting('azure_ml.scoring_endpoint', %s)",

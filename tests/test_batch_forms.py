@@ -22,7 +22,7 @@ from azure_ai_sim.sim import (
     Fault,
     SageMakerSimulator,
 )
-from conftest import FP32, INT8, assert_interrupted, run_in_thread
+from conftest import FP32, INT8, assert_interrupted, point_aws_at, run_in_thread
 
 ALIASES = {"ep": "echo", "counted": "field-count", "multi": "housing-multi"}
 HOUSING = ["8.3252", "41", "6.98", "1.02", "322", "2.56", "37.88", "-122.23"]
@@ -60,17 +60,9 @@ def extensions(database, simulators):
         conn.execute("CREATE EXTENSION aws_ml CASCADE")
         conn.execute("CREATE EXTENSION azure_ai")
         conn.execute("CREATE EXTENSION azure_local_ai CASCADE")
-        settings = {
-            "region": "us-east-1",
-            "aws_access_key_id": "AKIDSIMULATOR",
-            "aws_secret_access_key": "sim-secret",
-            **{
-                f"{name}.endpoint_url": simulators[name].url
-                for name in ("sagemaker", "comprehend", "bedrock")
-            },
-        }
-        for key, value in settings.items():
-            conn.execute("SELECT aws_ml.set_setting(%s, %s)", (key, value))
+        point_aws_at(
+            conn, {name: simulators[name].url for name in ("sagemaker", "comprehend", "bedrock")}
+        )
         for key, value in (
             ("azure_ml.scoring_endpoint", simulators["azureml"].url + "/score"),
             ("azure_ml.endpoint_key", AZURE_KEY),

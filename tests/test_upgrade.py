@@ -15,6 +15,7 @@ import pytest
 from azure_ai_sim.boot import SQL_VERSIONS
 from azure_ai_sim.sim import SageMakerSimulator
 from cluster import Server
+from conftest import point_aws_at
 
 # What each extension's schemas are, after an update and after a fresh install alike.
 SCHEMAS = {
@@ -73,14 +74,7 @@ def test_sagemaker_works_at_every_aws_ml_version(aws_ml_database):
     with SageMakerSimulator() as sagemaker, psycopg.connect(aws_ml_database) as conn:
         conn.autocommit = True
         conn.execute("CREATE EXTENSION aws_ml VERSION '1.0' CASCADE")
-        settings = {
-            "region": "us-east-1",
-            "aws_access_key_id": "AKIDSIMULATOR",
-            "aws_secret_access_key": "sim-secret",
-            "sagemaker.endpoint_url": sagemaker.url,
-        }
-        for key, value in settings.items():
-            conn.execute("SELECT aws_ml.set_setting(%s, %s)", (key, value))
+        point_aws_at(conn, {"sagemaker": sagemaker.url})
         for version in SQL_VERSIONS["aws_ml"]:
             if version != "1.0":
                 conn.execute(f"ALTER EXTENSION aws_ml UPDATE TO '{version}'")

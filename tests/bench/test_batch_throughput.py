@@ -26,7 +26,7 @@ import pytest
 from botocore.config import Config
 from processes import simulator_processes
 
-from conftest import INT8
+from conftest import INT8, point_aws_at
 
 ROWS = 10_000
 OFF_ROWS = 300
@@ -59,12 +59,7 @@ def bench_conn(database, endpoints):
         conn.execute("CREATE EXTENSION aws_ml CASCADE")
         conn.execute("CREATE EXTENSION azure_ai")
         conn.execute("CREATE EXTENSION azure_local_ai CASCADE")
-        settings = {"region": "us-east-1", "aws_access_key_id": KEY,
-                    "aws_secret_access_key": SECRET,
-                    "sagemaker.endpoint_url": endpoints["sagemaker"],
-                    "comprehend.endpoint_url": endpoints["comprehend"]}  # fmt: skip
-        for key, value in settings.items():
-            conn.execute("SELECT aws_ml.set_setting(%s, %s)", (key, value))
+        point_aws_at(conn, {name: endpoints[name] for name in ("sagemaker", "comprehend")})
         conn.execute(
             "SELECT azure_ai.set_setting('azure_ml.scoring_endpoint', %s)",
             (endpoints["azureml"] + "/score",),
