@@ -16,7 +16,7 @@
  *   - the node below keeps its target list, except that each entry with batched calls is
  *     replaced by a NULL placeholder, and the entry's leaves (Vars, Aggrefs, WindowFuncs,
  *     Params: the values that only the node below can compute) are added as columns;
- *   - the Batch node reads up to azure_ai_sim.batch_size rows, evaluates the calls'
+ *   - the Batch node reads a batch of rows (see rows_per_batch), evaluates the calls'
  *     arguments over those leaf columns, calls each batch form once, and then returns
  *     the rows one by one, evaluating the entries with the calls' results in place of
  *     the calls: the same expressions, the same conditions, the same order of rows.
@@ -41,6 +41,7 @@
  */
 #include "postgres.h"
 
+#include "access/detoast.h"
 #include "access/htup_details.h"
 #include "catalog/objectaccess.h"
 #include "catalog/pg_proc.h"
@@ -70,8 +71,8 @@
 #include "azure_ai_sim.h"
 
 static bool enable_batch_mode = true;
-static int	batch_size = 1000;
-static int	max_parallel_requests = 8;
+static int	batch_size = 0;
+static int	max_parallel_requests = 10;
 
 static planner_hook_type prev_planner = NULL;
 
@@ -605,7 +606,9 @@ typedef struct BatchState
 	CustomScanState css;
 	List	   *calls;			/* BatchCall */
 	int			below;			/* columns of the node below */
+	int			rows_per_batch;
 	MemoryContext context;		/* the rows and results of one batch */
+	MemoryContext arguments;	/* the arguments of one call of a batch form */
 	TupleTableSlot *row;		/* a row of the node below */
 	MinimalTuple *rows;
 	int			count;
@@ -634,6 +637,30 @@ check_execute(Oid function)
 	if (result != ACLCHECK_OK)
 		aclcheck_error(result, OBJECT_FUNCTION, get_func_name(function));
 	InvokeFunctionExecuteHook(function);
+}
+
+/*
+ * Rows a batch gathers: azure_ai_sim.batch_size if set, else the smallest choice of the
+ * node's functions. A SageMaker request takes up to 1,000 rows for about the cost of one,
+ * so its batch fills every request in flight (max_parallel_requests of 1,000 rows); the
+ * other functions cost per row or per few rows, and take 1,000, which keeps the
+ * parallel requests busy while bounding what a LIMIT that stops early has paid for.
+ */
+static int
+rows_per_batch(List *calls)
+{
+	ListCell   *lc;
+	int			rows = INT_MAX;
+
+	if (batch_size > 0)
+		return batch_size;
+	foreach(lc, calls)
+	{
+		BatchCall  *call = lfirst(lc);
+
+		rows = Min(rows, call->shim ? max_parallel_requests * 1000 : 1000);
+	}
+	return rows;
 }
 
 /* how the batch form's result elements become the per-row function's results */
@@ -699,6 +726,8 @@ begin_batch(CustomScanState *node, EState *estate, int eflags)
 										&TTSOpsMinimalTuple);
 	state->context = AllocSetContextCreate(estate->es_query_cxt, "azure_ai_sim batch",
 										   ALLOCSET_DEFAULT_SIZES);
+	state->arguments = AllocSetContextCreate(estate->es_query_cxt, "azure_ai_sim batch arguments",
+											 ALLOCSET_DEFAULT_SIZES);
 	forboth(lc, linitial(cscan->custom_private), oid, lsecond(cscan->custom_private))
 	{
 		BatchCall  *call = palloc0(sizeof(BatchCall));
@@ -723,6 +752,7 @@ begin_batch(CustomScanState *node, EState *estate, int eflags)
 		init_result(call);
 		state->calls = lappend(state->calls, call);
 	}
+	state->rows_per_batch = rows_per_batch(state->calls);
 	state->rows_min = state->time_min = -1;
 }
 
@@ -794,13 +824,21 @@ unwrap_result(BatchCall *call, Datum element)
 	}
 }
 
+/* what a value takes in an array: a toasted value's full size */
+static Size
+value_size(Datum value, int16 typlen)
+{
+	return typlen == -1 ? toast_raw_datum_size(value) : datumGetSize(value, false, typlen);
+}
+
 /*
- * One call of the batch form for the rows first .. first + count - 1 of the batch: arrays
- * of the arguments of the rows that call it (a strict function's rows with a NULL
- * argument get NULL, as they would).
+ * One call of the batch form for the rows from first on, up to count of them and as many
+ * as have arguments that fit in work_mem (at least one): arrays of the arguments of the
+ * rows that call it (a strict function's rows with a NULL argument get NULL, as they
+ * would). Returns the rows it went through, or count if the batch form failed on one.
  */
-static double
-run_call(BatchState *state, BatchCall *call, int first, int count)
+static int
+call_rows(BatchState *state, BatchCall *call, int first, int count, double *milliseconds)
 {
 	ExprContext *econtext = state->css.ss.ps.ps_ExprContext;
 	TupleTableSlot *scan = state->css.ss.ss_ScanTupleSlot;
@@ -810,6 +848,8 @@ run_call(BatchState *state, BatchCall *call, int first, int count)
 	bool	  **nulls = palloc(nargs * sizeof(bool *));
 	int		   *rows = palloc(count * sizeof(int));
 	int			calling = 0;
+	int			i;
+	Size		bytes = 0;
 	FieldList	fields;
 	Datum	   *counts = NULL;
 	FunctionCallInfo fcinfo;
@@ -831,7 +871,7 @@ run_call(BatchState *state, BatchCall *call, int first, int count)
 		field_list_init(&fields, count * 4);
 		counts = palloc(count * sizeof(Datum));
 	}
-	for (int i = first; i < first + count; i++)
+	for (i = first; i < first + count && bytes < work_mem * (Size) 1024; i++)
 	{
 		bool		skip = false;
 		ListCell   *lc;
@@ -847,6 +887,8 @@ run_call(BatchState *state, BatchCall *call, int first, int count)
 			MemoryContextSwitchTo(old);
 			values[k][calling] = nulls[k][calling] ? (Datum) 0 :
 				datumCopy(value, call->argbyvals[k], call->arglens[k]);
+			if (!nulls[k][calling])
+				bytes += value_size(values[k][calling], call->arglens[k]);
 			skip |= call->strict && nulls[k][calling];
 			k++;
 		}
@@ -871,7 +913,7 @@ run_call(BatchState *state, BatchCall *call, int first, int count)
 			call->ready[i] = true;	/* NULL, without a call */
 	}
 	if (calling == 0)
-		return 0;
+		return i - first;
 
 	fcinfo = palloc0(SizeForFunctionCallInfo(narrays));
 	InitFunctionCallInfoData(*fcinfo, &call->batch, narrays, call->call->inputcollid,
@@ -895,9 +937,11 @@ run_call(BatchState *state, BatchCall *call, int first, int count)
 		fcinfo->args[k].isnull = false;
 
 	INSTR_TIME_SET_CURRENT(start);
+	MemoryContextSwitchTo(state->context);
 	result = FunctionCallInvoke(fcinfo);
 	INSTR_TIME_SET_CURRENT(duration);
 	INSTR_TIME_SUBTRACT(duration, start);
+	*milliseconds += INSTR_TIME_GET_MILLISEC(duration);
 
 	if (fcinfo->isnull)
 		elog(ERROR, "batch form %s returned NULL",
@@ -919,10 +963,34 @@ run_call(BatchState *state, BatchCall *call, int first, int count)
 			call->results[rows[j]] = unwrap_result(call, elements[j]);
 		call->ready[rows[j]] = true;
 	}
-	return INSTR_TIME_GET_MILLISEC(duration);
+	return nelements < calling ? count : i - first;
 }
 
-/* the next batch of rows from below, with the calls' results; false when none is left */
+/*
+ * The batch form's calls for the rows first .. first + count - 1 of the batch, as many
+ * as their arguments take (each call's arguments are freed after it); returns their time.
+ */
+static double
+run_call(BatchState *state, BatchCall *call, int first, int count)
+{
+	double		milliseconds = 0;
+	int			done = 0;
+
+	while (done < count)
+	{
+		MemoryContextSwitchTo(state->arguments);
+		done += call_rows(state, call, first + done, count - done, &milliseconds);
+		MemoryContextReset(state->arguments);
+	}
+	MemoryContextSwitchTo(state->context);
+	return milliseconds;
+}
+
+/*
+ * The next batch of rows from below, with the calls' results; false when none is left.
+ * A batch also ends once its rows take work_mem, as a sort's would: a query over large
+ * values gathers fewer rows, and at least one.
+ */
 static bool
 fill_batch(BatchState *state)
 {
@@ -930,24 +998,29 @@ fill_batch(BatchState *state)
 	MemoryContext old;
 	ListCell   *lc;
 	double		milliseconds = 0;
+	Size		bytes = 0;
 
 	MemoryContextReset(state->context);
 	foreach(lc, state->calls)
 		((BatchCall *) lfirst(lc))->results = NULL;
-	state->rows = MemoryContextAlloc(state->context, batch_size * sizeof(MinimalTuple));
+	state->rows = MemoryContextAlloc(state->context,
+									 state->rows_per_batch * sizeof(MinimalTuple));
 	state->count = state->next = 0;
-	while (state->count < batch_size)
+	while (state->count < state->rows_per_batch && bytes < work_mem * (Size) 1024)
 	{
 		TupleTableSlot *slot = ExecProcNode(below);
+		MinimalTuple row;
 
 		if (TupIsNull(slot))
 		{
 			state->done = true;
 			break;
 		}
-		state->rows[state->count++] =
-			(old = MemoryContextSwitchTo(state->context), ExecCopySlotMinimalTuple(slot));
+		old = MemoryContextSwitchTo(state->context);
+		row = ExecCopySlotMinimalTuple(slot);
 		MemoryContextSwitchTo(old);
+		state->rows[state->count++] = row;
+		bytes += row->t_len;
 	}
 	if (state->count == 0)
 		return false;
@@ -1093,11 +1166,15 @@ azure_ai_sim_batch_init(void)
 							 NULL, NULL, NULL);
 	DefineCustomIntVariable("azure_ai_sim.batch_size",
 							"Rows gathered into one batch of per-row ML calls.",
-							NULL, &batch_size, 1000, 1, 100000, PGC_USERSET, 0,
+							"0 lets each function choose: 1000 rows, or for "
+							"aws_sagemaker.invoke_endpoint 1000 per parallel request. "
+							"A batch also ends once its rows take work_mem.",
+							&batch_size, 0, 0, 100000, PGC_USERSET, 0,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("azure_ai_sim.max_parallel_requests",
 							"Requests in flight at once to one endpoint, per backend.",
-							NULL, &max_parallel_requests, 8, 1, 64, PGC_USERSET, 0,
+							"The default is botocore's max_pool_connections.",
+							&max_parallel_requests, 10, 1, 64, PGC_USERSET, 0,
 							NULL, NULL, NULL);
 	RegisterCustomScanMethods(&batch_scan_methods);
 	CacheRegisterSyscacheCallback(PROCOID, forget_batch_forms, (Datum) 0);

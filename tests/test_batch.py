@@ -110,6 +110,52 @@ def test_the_batch_size_bounds_each_batch(conn):
         conn.execute("RESET azure_ai_sim.batch_size")
 
 
+def test_each_function_chooses_its_batch_size_unless_the_setting_does(conn):
+    sentiment = "SELECT aws_comprehend.detect_sentiment('good', 'en') FROM generate_series(1, 2500)"
+    csv = "SELECT aws_sagemaker.invoke_endpoint('echo', NULL, g) FROM generate_series(1, 2500) g"
+    both = (
+        "SELECT aws_sagemaker.invoke_endpoint('echo', NULL, g), azure_ml.invoke(jsonb_build_object("
+        "'input_data', jsonb_build_array(jsonb_build_array(g, 2, 3, 4, 5, 6, 7, 8))),"
+        " deployment_name => 'Housingprediction')"
+    )
+    assert batch_lines(conn, sentiment) == [(3, 500.0, 1000.0)]
+    # SageMaker: 1,000 rows for each request in flight
+    assert batch_lines(conn, csv) == [(1, 2500.0, 2500.0)]
+    conn.execute("SET azure_ai_sim.max_parallel_requests = 2")
+    try:
+        assert batch_lines(conn, csv) == [(2, 500.0, 2000.0)]
+        # a node batching both takes the smaller choice
+        assert batch_lines(conn, both + " FROM generate_series(1, 1500) g") == [(2, 500.0, 1000.0)]
+        conn.execute("SET azure_ai_sim.batch_size = 300")
+        assert batch_lines(conn, csv) == [(9, 100.0, 300.0)]
+    finally:
+        conn.execute("RESET azure_ai_sim.max_parallel_requests")
+        conn.execute("RESET azure_ai_sim.batch_size")
+    assert rows(conn, csv, True) == rows(conn, csv, False)
+
+
+def test_rows_and_arguments_of_a_call_take_at_most_work_mem(conn, simulators):
+    """Rows of large values are gathered, and their arguments sent, in fewer rows."""
+    sagemaker = simulators["sagemaker"]
+    wide = (
+        "SELECT id, aws_sagemaker.invoke_endpoint('echo', NULL, id, y) FROM (SELECT g AS id,"
+        " repeat('y', 10000) AS y FROM generate_series(1, {rows}) g OFFSET 0) w ORDER BY id"
+    )
+    large = wide.replace(", y)", ", repeat(y, 10))").format(rows=5)
+    wide = wide.format(rows=30)
+    conn.execute("SET work_mem = '64kB'")
+    try:
+        # a row of w takes 10 kB: 7 rows reach 64 kB
+        assert batch_lines(conn, wide) == [(5, 2.0, 7.0)]
+        # five rows gathered at once, but each row's 100 kB argument is a request alone
+        assert batch_lines(conn, large) == [(1, 5.0, 5.0)]
+        sagemaker.reset_counts()
+        assert rows(conn, large, True) == rows(conn, large, False)
+        assert sagemaker.served == 5 + 5
+    finally:
+        conn.execute("RESET work_mem")
+
+
 def test_explain_verbose_names_the_batched_calls(conn):
     conn.execute("SET azure_ai_sim.enable_batch_mode = on")
     plan = [r[0] for r in conn.execute(f"EXPLAIN (VERBOSE, COSTS OFF) {SENTIMENT}")]

@@ -22,6 +22,7 @@ from azure_ai_sim.sim import (
     Fault,
     SageMakerSimulator,
 )
+from azure_ai_sim.transport import DEFAULT_PARALLEL_REQUESTS
 from conftest import FP32, INT8, assert_interrupted, point_aws_at, run_in_thread
 
 ALIASES = {"ep": "echo", "counted": "field-count", "multi": "housing-multi"}
@@ -537,7 +538,7 @@ def test_requests_go_several_at_once_up_to_the_cap(conn, slow):
     inputs = [GOOD] * 20
     columns = (inputs, [None] * 20, [True] * 20, ["Housingprediction"] * 20, [1] * 20, [1] * 20)
     assert len(conn.execute(INVOKE_BATCH, columns).fetchone()[0]) == 20
-    assert slow["azureml"].counts()["max_in_flight"] == 8  # the default cap
+    assert slow["azureml"].counts()["max_in_flight"] == DEFAULT_PARALLEL_REQUESTS
     conn.execute("SET azure_ai_sim.max_parallel_requests = 3")
     try:
         texts = [f"Fine {i}" for i in range(100)]

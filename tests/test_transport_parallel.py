@@ -28,6 +28,7 @@ from psycopg.types.json import Jsonb
 from azure_ai_sim.sim import AzureMLSimulator, Fault
 from azure_ai_sim.sim.models import HOUSING
 from azure_ai_sim.sim.server import oversized_json
+from azure_ai_sim.transport import DEFAULT_PARALLEL_REQUESTS
 from cluster import Cluster
 from conftest import run_in_thread
 
@@ -185,7 +186,9 @@ def assert_scored(outcome: dict, index: int, attempts: int = 1) -> None:
 # --- in flight at once, up to the cap ----------------------------------------------------
 
 
-@pytest.mark.parametrize(("cap", "expected"), [(None, 8), ("8", 8), ("3", 3)])
+@pytest.mark.parametrize(
+    ("cap", "expected"), [(None, DEFAULT_PARALLEL_REQUESTS), ("8", 8), ("3", 3)]
+)
 def test_requests_overlap_up_to_the_cap(conn, sim, cap, expected):
     """20 requests of 200 ms: with a cap of 8, three waves of 8, 8 and 4."""
     if cap is not None:
@@ -211,6 +214,7 @@ def test_the_cap_is_per_endpoint(conn, sim, other):
 
 def test_kept_alive_connections_are_pooled_per_endpoint(conn, sim):
     """The connections of a batch stay open for the next one, as many as the cap."""
+    conn.execute(f"SET {SETTING} = 8")
     sim.latency_ms = 50
     send_batch(conn, [score(sim, i) for i in range(8)])
     assert sim.connections == 8
@@ -246,6 +250,7 @@ def test_a_bad_cap_is_a_clear_error(conn, sim, value):
 def test_names_are_looked_up_on_the_io_thread(conn, sim):
     """A host name, not an address: the lookup runs on the blocking I/O thread while the
     batch waits for it like for a socket."""
+    conn.execute(f"SET {SETTING} = 8")
     by_name = sim.url.replace("127.0.0.1", "localhost")
     sim.latency_ms = 100
     outcomes = send_batch(conn, [score(sim, i, url=by_name + "/score") for i in range(10)])
@@ -340,6 +345,7 @@ class HeldAnswer:
 def test_requests_in_flight_after_a_failure_are_abandoned(conn):
     """Request 0 fails once 1 to 8 are in flight on another endpoint: they are abandoned
     (None, their connections closed) instead of awaited, and 9 and later never start."""
+    conn.execute(f"SET {SETTING} = 8")
     held = HeldAnswer()
     with AzureMLSimulator(keys=[KEY], latency_ms=60_000) as slow:
         requests = [{"url": held.url}, *(score(slow, i) for i in range(1, 20))]
@@ -377,6 +383,7 @@ def test_requests_waiting_for_their_retry_after_a_failure_are_abandoned(conn, si
 
 def test_a_503_burst_is_retried_per_request(conn, sim):
     """Six requests get a 503 and are retried; the others succeed at their first attempt."""
+    conn.execute(f"SET {SETTING} = 8")
     sim.latency_ms = 50
     sim.faults.extend([Fault(status=503)] * 6)
     outcomes = send_batch(
@@ -489,7 +496,10 @@ def assert_interrupted(call: dict, reason: str, sim: AzureMLSimulator) -> None:
 def test_pg_cancel_backend_ends_a_batch(conn, database, sim):
     with AzureMLSimulator(keys=[KEY], latency_ms=60_000) as slow:
         requests = [score(slow, i) for i in range(20)]
-        call = send_in_thread(database, {"requests": requests}, {"requests": [score(sim, 0)]})
+        call = send_in_thread(
+            database, {"requests": requests}, {"requests": [score(sim, 0)]},
+            setup=f"SET {SETTING} = 8",
+        )  # fmt: skip
         wait_until(lambda: slow.in_flight == 8, "8 requests in flight")
         conn.execute("SELECT pg_cancel_backend(%s)", (call["pid"],))
         assert_interrupted(call, "due to user request", sim)
@@ -501,7 +511,7 @@ def test_statement_timeout_ends_a_batch(database, sim):
         requests = [score(slow, i) for i in range(20)]
         call = send_in_thread(
             database, {"requests": requests}, {"requests": [score(sim, 0)]},
-            setup="SET statement_timeout = 1000",
+            setup=f"SET statement_timeout = 1000; SET {SETTING} = 8",
         )  # fmt: skip
         assert_interrupted(call, "due to statement timeout", sim)
         wait_until(lambda: slow.served >= 8, "8 requests arrived")
@@ -523,6 +533,7 @@ def test_each_request_may_have_a_deadline_of_its_own(conn, sim):
 
 
 def test_the_deadline_ends_every_request_in_flight(conn, sim):
+    conn.execute(f"SET {SETTING} = 8")
     sim.latency_ms = 60_000
     outcomes = send_batch(
         conn, [score(sim, i) for i in range(12)], timeout_ms=300, stop_on_error=False

@@ -75,8 +75,8 @@ class _Record:
 
     endpoint_name: str
     path: str
-    body: bytes
     headers: dict[str, str]
+    body: bytes
 
     @property
     def request(self) -> tuple[str, bytes, dict[str, str]]:
@@ -105,13 +105,25 @@ def _record(
         raise errors.InvalidParameter(
             f"model_input is {len(body)} bytes as CSV; SageMaker takes at most 6 MB"
         )
-    path = "/endpoints/" + _path_part(endpoint_name) + "/invocations"
-    settings = SETTINGS.snapshot()
-    headers = {
-        "Content-Type": settings.get(f"sagemaker.{endpoint_name}.content_type", "text/csv"),
-        "Accept": settings.get(f"sagemaker.{endpoint_name}.accept", "text/csv"),
-    }
-    return _Record(endpoint_name, path, body, headers)
+    return _Record(endpoint_name, *_endpoint(endpoint_name), body)
+
+
+def _endpoint(endpoint_name: str) -> tuple[str, dict[str, str]]:
+    """The endpoint's path and media types, worked out once per statement, not per row."""
+    known = _ENDPOINTS.get()
+    if endpoint_name not in known:
+        settings = SETTINGS.snapshot()
+        known[endpoint_name] = (
+            "/endpoints/" + _path_part(endpoint_name) + "/invocations",
+            {
+                "Content-Type": settings.get(f"sagemaker.{endpoint_name}.content_type", "text/csv"),
+                "Accept": settings.get(f"sagemaker.{endpoint_name}.accept", "text/csv"),
+            },
+        )
+    return known[endpoint_name]
+
+
+_ENDPOINTS: pg.PerStatement[dict[str, tuple[str, dict[str, str]]]] = pg.PerStatement(dict)
 
 
 def _check_batch_size(max_rows_per_batch: int | None) -> None:
@@ -127,9 +139,15 @@ def csv_record(fields: list[str | None]) -> str:
     too: the writer quotes what its line terminator holds)."""
     if len(fields) == 1 and not fields[0]:
         return "\n"  # the writer would send "" to tell an empty record from no record
+    plain = ["" if f is None else f for f in fields]
+    if not any(map(_NEEDS_QUOTES.search, plain)):
+        return ",".join(plain) + "\n"
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\r\n").writerow(["" if f is None else f for f in fields])
+    csv.writer(buffer, lineterminator="\r\n").writerow(plain)
     return buffer.getvalue().removesuffix("\r\n") + "\n"
+
+
+_NEEDS_QUOTES = re.compile(r'[,"\r\n]')
 
 
 def sagemaker_output(text: str) -> str:

@@ -46,9 +46,10 @@ SERVICE_MESSAGE_CHARS = 500
 REQUEST_ID_HEADERS = ("x-ms-request-id", "x-request-id", "x-amzn-requestid")
 
 
-# Requests in flight at once per endpoint: a GUC of the native library.
+# Requests in flight at once per endpoint: a GUC of the native library. The default is
+# what a boto3 client keeps open to a service (botocore's max_pool_connections).
 PARALLEL_SETTING = "azure_ai_sim.max_parallel_requests"
-DEFAULT_PARALLEL_REQUESTS = 8
+DEFAULT_PARALLEL_REQUESTS = 10
 MAX_PARALLEL_REQUESTS = 64
 
 # When statement_timeout is the limit, PostgreSQL's own timer should end the statement.

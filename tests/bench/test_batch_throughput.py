@@ -4,9 +4,12 @@ latency per request, as real services answer (the simulators run as their own pr
 - detect_sentiment per row in a SELECT list, batching on and off, and a boto3 client
   sending BatchDetectSentiment of 25 documents from 8 threads;
 - invoke_endpoint through Aurora's classify_event wrapper, batching on, and a boto3
-  client sending the same multi-record CSV requests from 8 threads;
+  client sending as many multi-record CSV requests of as many rows from 8 threads;
 - azure_ml.invoke per row, batching on and off (parallel requests only);
-- create_embeddings(model, text) per row in a SELECT list against the array form.
+- create_embeddings(model, text) per row in a SELECT list against the array form, for
+  the fp32 model (texts of one length share a run) and the int8 one (each text has a
+  run of its own: its quantization scale spans a run, and each row must get its own
+  call's bytes).
 
 Batching off at 30 ms a row would take minutes for 10,000 rows: it runs over OFF_ROWS
 rows, and rates (rows/s) are compared. Writes build/bench/batch_throughput.json.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,12 +30,13 @@ import pytest
 from botocore.config import Config
 from processes import simulator_processes
 
-from conftest import INT8, point_aws_at
+from conftest import FP32, INT8, point_aws_at
 
 ROWS = 10_000
 OFF_ROWS = 300
 LATENCY_MS = 30
 THREADS = 8
+EMBED_ROWS = 1_000
 KEY, SECRET = "AKIDSIMULATOR", "sim-secret"
 RESULT = Path(__file__).resolve().parents[2] / "build" / "bench" / "batch_throughput.json"
 FEEDBACK = "The support team was wonderful and solved my problem quickly."
@@ -101,6 +106,15 @@ def batch_processing(conn: psycopg.Connection, query: str) -> str:
     return next((line for line in plan if line.startswith("Batch Processing")), "no batching")
 
 
+def requests_sent(url: str, conn: psycopg.Connection, query: str) -> int:
+    """How many requests the query sends to the simulator at url."""
+    counts = urllib.request.Request(url + "/_sim/in_flight", method="DELETE")
+    urllib.request.urlopen(counts).close()
+    conn.execute(query).fetchall()
+    with urllib.request.urlopen(url + "/_sim/in_flight") as answer:
+        return json.load(answer)["served"]
+
+
 def in_threads(requests: list, send: Callable) -> None:
     with ThreadPoolExecutor(THREADS) as pool:
         list(pool.map(send, requests))
@@ -135,7 +149,8 @@ def test_batch_throughput(bench_conn, endpoints):
     sagemaker = client("sagemaker-runtime", endpoints["sagemaker"])
     records = [f"{i},{day}" for i, day in conn.execute("SELECT id, day FROM support")]
     on = in_database(conn, classify, True, ROWS)
-    per_request = max(1, ROWS // THREADS // 4)
+    # the client's requests as many as ours, of as many rows each
+    per_request = -(-ROWS // requests_sent(endpoints["sagemaker"], conn, classify))
     boto = rate(ROWS, lambda: in_threads(
         chunks(records, per_request),
         lambda batch: sagemaker.invoke_endpoint(
@@ -161,22 +176,22 @@ def test_batch_throughput(bench_conn, endpoints):
         "on_to_off": on / off,
     }  # fmt: skip
 
-    embed_rows = 2_000
-    per_row = in_database(
-        conn,
-        f"SELECT azure_local_ai.create_embeddings('{INT8}', feedback) FROM support"
-        f" WHERE id <= {embed_rows}",
-        True,
-        embed_rows,
-    )
-    array_form = rate(embed_rows, lambda: conn.execute(
-        f"SELECT azure_local_ai.create_embeddings('{INT8}', array_agg(feedback ORDER BY id))"
-        f" FROM support WHERE id <= {embed_rows}"
-    ).fetchall())  # fmt: skip
-    result["create_embeddings"] = {
-        "rows": embed_rows, "per_row_batched_rows_per_s": per_row,
-        "array_form_rows_per_s": array_form, "per_row_to_array_form": per_row / array_form,
-    }  # fmt: skip
+    for name, model in (("create_embeddings", FP32), ("create_embeddings_int8", INT8)):
+        per_row = in_database(
+            conn,
+            f"SELECT azure_local_ai.create_embeddings('{model}', feedback) FROM support"
+            f" WHERE id <= {EMBED_ROWS}",
+            True,
+            EMBED_ROWS,
+        )
+        array_form = rate(EMBED_ROWS, lambda model=model: conn.execute(
+            f"SELECT azure_local_ai.create_embeddings('{model}', array_agg(feedback ORDER BY id))"
+            f" FROM support WHERE id <= {EMBED_ROWS}"
+        ).fetchall())  # fmt: skip
+        result[name] = {
+            "model": model, "rows": EMBED_ROWS, "per_row_batched_rows_per_s": per_row,
+            "array_form_rows_per_s": array_form, "per_row_to_array_form": per_row / array_form,
+        }  # fmt: skip
 
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=2) + "\n")
