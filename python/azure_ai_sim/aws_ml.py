@@ -9,7 +9,7 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,9 +94,12 @@ class _Record:
 
 
 def _record(
-    endpoint_name: str | None, max_rows_per_batch: int | None, fields: list[str | None]
+    endpoint_name: str | None,
+    max_rows_per_batch: int | None,
+    fields: Sequence[str | None],
+    endpoint: Callable[[str], tuple[str, dict[str, str]]] | None = None,
 ) -> _Record:
-    """The row's checks, then its request."""
+    """The row's checks, then its request. endpoint: _endpoint, or a cache of it."""
     if not endpoint_name:
         raise errors.InvalidParameter("endpoint_name must not be NULL or empty")
     _check_batch_size(max_rows_per_batch)
@@ -105,25 +108,16 @@ def _record(
         raise errors.InvalidParameter(
             f"model_input is {len(body)} bytes as CSV; SageMaker takes at most 6 MB"
         )
-    return _Record(endpoint_name, *_endpoint(endpoint_name), body)
+    return _Record(endpoint_name, *(endpoint or _endpoint)(endpoint_name), body)
 
 
 def _endpoint(endpoint_name: str) -> tuple[str, dict[str, str]]:
-    """The endpoint's path and media types, worked out once per statement, not per row."""
-    known = _ENDPOINTS.get()
-    if endpoint_name not in known:
-        settings = SETTINGS.snapshot()
-        known[endpoint_name] = (
-            "/endpoints/" + _path_part(endpoint_name) + "/invocations",
-            {
-                "Content-Type": settings.get(f"sagemaker.{endpoint_name}.content_type", "text/csv"),
-                "Accept": settings.get(f"sagemaker.{endpoint_name}.accept", "text/csv"),
-            },
-        )
-    return known[endpoint_name]
-
-
-_ENDPOINTS: pg.PerStatement[dict[str, tuple[str, dict[str, str]]]] = pg.PerStatement(dict)
+    """The endpoint's path and media types."""
+    settings = SETTINGS.snapshot()
+    return "/endpoints/" + _path_part(endpoint_name) + "/invocations", {
+        "Content-Type": settings.get(f"sagemaker.{endpoint_name}.content_type", "text/csv"),
+        "Accept": settings.get(f"sagemaker.{endpoint_name}.accept", "text/csv"),
+    }
 
 
 def _check_batch_size(max_rows_per_batch: int | None) -> None:
@@ -410,12 +404,13 @@ def invoke_endpoint_batch(
     then on (see _refused)."""
     if field_counts is None or fields is None or sum(field_counts) != len(fields):
         raise errors.InvalidParameter("field_counts must add up to the number of fields")
-    ends = list(itertools.accumulate(field_counts))
-    row_fields = [
-        tuple(fields[end - count : end]) for end, count in zip(ends, field_counts, strict=True)
-    ]
+    row_fields = _split(fields, field_counts)
     batch = aws.RowBatch(endpoint_name, max_rows_per_batch, row_fields)
-    records = batch.prepare(_record, endpoint_name, max_rows_per_batch, row_fields)
+    endpoint = functools.cache(_endpoint)  # the rows of a batch share a statement
+    records = batch.prepare(
+        lambda name, most, fields: _record(name, most, fields, endpoint),
+        endpoint_name, max_rows_per_batch, row_fields,
+    )  # fmt: skip
     client = _client(batch, aws.SAGEMAKER, records)
     if client is None:
         return batch.outcome()
@@ -462,6 +457,14 @@ def invoke_endpoint_batch(
             batch.add(exchange)
     batch.run()
     return batch.outcome()
+
+
+def _split(fields: list[str | None], field_counts: list[int]) -> list[tuple[str | None, ...]]:
+    """Each row's fields, from all rows' fields in a row and each row's count."""
+    if len(set(field_counts)) == 1 and field_counts[0] > 0:  # the usual case, in C
+        return list(zip(*[iter(fields)] * field_counts[0], strict=True))
+    ends = itertools.accumulate(field_counts)
+    return [tuple(fields[end - n : end]) for end, n in zip(ends, field_counts, strict=True)]
 
 
 @pg.sql_function("aws_bedrock.invoke_model")

@@ -11,6 +11,9 @@ latency per request, as real services answer (the simulators run as their own pr
   run of its own: its quantization scale spans a run, and each row must get its own
   call's bytes).
 
+Each client outside the database reads its inputs from the table and gets each row's
+result, as the query in the database does.
+
 Batching off at 30 ms a row would take minutes for 10,000 rows: it runs over OFF_ROWS
 rows, and rates (rows/s) are compared. Writes build/bench/batch_throughput.json.
 """
@@ -120,6 +123,11 @@ def in_threads(requests: list, send: Callable) -> None:
         list(pool.map(send, requests))
 
 
+def column(conn: psycopg.Connection, query: str) -> list:
+    """The client's inputs, read from the table as the query in the database reads them."""
+    return [row[0] for row in conn.execute(query)]
+
+
 def chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -128,14 +136,13 @@ def test_batch_throughput(bench_conn, endpoints):
     conn = bench_conn
     result: dict = {"benchmark": "batch_throughput", "rows": ROWS, "rows_batching_off": OFF_ROWS,
                     "latency_ms": LATENCY_MS, "client_threads": THREADS}  # fmt: skip
-    texts = [f"{FEEDBACK} {i}" for i in range(1, ROWS + 1)]
 
     sentiment = "SELECT (aws_comprehend.detect_sentiment(feedback, 'en')).sentiment FROM support"
     comprehend = client("comprehend", endpoints["comprehend"])
     on = in_database(conn, sentiment, True, ROWS)
     off = in_database(conn, sentiment + f" WHERE id <= {OFF_ROWS}", False, OFF_ROWS)
     boto = rate(ROWS, lambda: in_threads(
-        chunks(texts, 25),
+        chunks(column(conn, "SELECT feedback FROM support"), 25),
         lambda batch: comprehend.batch_detect_sentiment(TextList=batch, LanguageCode="en"),
     ))  # fmt: skip
     result["detect_sentiment"] = {
@@ -147,16 +154,15 @@ def test_batch_throughput(bench_conn, endpoints):
 
     classify = "SELECT classify_event(id, day) FROM support"
     sagemaker = client("sagemaker-runtime", endpoints["sagemaker"])
-    records = [f"{i},{day}" for i, day in conn.execute("SELECT id, day FROM support")]
     on = in_database(conn, classify, True, ROWS)
     # the client's requests as many as ours, of as many rows each
     per_request = -(-ROWS // requests_sent(endpoints["sagemaker"], conn, classify))
     boto = rate(ROWS, lambda: in_threads(
-        chunks(records, per_request),
+        chunks(column(conn, "SELECT id || ',' || day FROM support"), per_request),
         lambda batch: sagemaker.invoke_endpoint(
             EndpointName="field-count", ContentType="text/csv", Accept="text/csv",
             Body="\n".join(batch).encode() + b"\n",
-        )["Body"].read(),
+        )["Body"].read().decode().splitlines(),
     ))  # fmt: skip
     result["invoke_endpoint_classify_event"] = {
         "batching_on_rows_per_s": on, "boto3_csv_threads_rows_per_s": boto,
