@@ -6,9 +6,11 @@
  *
  * Planning. A planner_hook runs after the standard planner, so Aurora's LANGUAGE SQL
  * wrappers are inlined by then. It walks down the plan's spine (through Limit, Sort,
- * Unique, LockRows, Material and ModifyTable, whose rows come from below) to the node
- * that computes the SELECT list (or the new values of INSERT ... SELECT, UPDATE ... SET,
- * CREATE TABLE AS), and, for every CTE and subquery plan, the same. When that node's
+ * Unique, LockRows, Material, SetOp and ModifyTable, whose rows come from below) to the
+ * node that computes the SELECT list (or the new values of INSERT ... SELECT, UPDATE ...
+ * SET, CREATE TABLE AS), and on below an aggregate, a window function or a subquery
+ * (which read the rows below in order) and into each branch of a UNION; for every CTE
+ * and subquery plan, the same. When that node's
  * target list calls a batchable function on every row (not under CASE, AND/OR, the later
  * arguments of COALESCE or anything else that evaluates its parts conditionally), a
  * CustomScan "Batch" is put on top of it:
@@ -483,6 +485,26 @@ add_batch_node(PlannedStmt *stmt, Plan *plan)
 	return (Plan *) batch;
 }
 
+static Plan *batch_spine(PlannedStmt *stmt, Plan *plan);
+
+/* the plan, under a Batch node if its target list has calls to batch */
+static Plan *
+batch_own(PlannedStmt *stmt, Plan *plan)
+{
+	if (is_projection_capable_plan(plan) && contains_batchable((Node *) plan->targetlist))
+		return add_batch_node(stmt, plan);
+	return plan;
+}
+
+static void
+batch_each(PlannedStmt *stmt, List *plans)
+{
+	ListCell   *lc;
+
+	foreach(lc, plans)
+		lfirst(lc) = batch_spine(stmt, lfirst(lc));
+}
+
 static Plan *
 batch_spine(PlannedStmt *stmt, Plan *plan)
 {
@@ -497,7 +519,24 @@ batch_spine(PlannedStmt *stmt, Plan *plan)
 		case T_LockRows:
 		case T_Material:
 		case T_ModifyTable:
+		case T_SetOp:
 			plan->lefttree = batch_spine(stmt, plan->lefttree);
+			return plan;
+		case T_Agg:
+		case T_Group:
+		case T_WindowAgg:
+			/* they read the rows below in order, as a Limit does */
+			plan->lefttree = batch_spine(stmt, plan->lefttree);
+			return batch_own(stmt, plan);
+		case T_SubqueryScan:
+			((SubqueryScan *) plan)->subplan =
+				batch_spine(stmt, ((SubqueryScan *) plan)->subplan);
+			return batch_own(stmt, plan);
+		case T_Append:
+			batch_each(stmt, ((Append *) plan)->appendplans);
+			return plan;
+		case T_MergeAppend:
+			batch_each(stmt, ((MergeAppend *) plan)->mergeplans);
 			return plan;
 		case T_ProjectSet:
 		case T_CustomScan:
@@ -509,10 +548,7 @@ batch_spine(PlannedStmt *stmt, Plan *plan)
 				return plan;
 			/* FALLTHROUGH */
 		default:
-			if (is_projection_capable_plan(plan) &&
-				contains_batchable((Node *) plan->targetlist))
-				return add_batch_node(stmt, plan);
-			return plan;
+			return batch_own(stmt, plan);
 	}
 }
 

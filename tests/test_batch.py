@@ -156,6 +156,21 @@ def test_rows_and_arguments_of_a_call_take_at_most_work_mem(conn, simulators):
         conn.execute("RESET work_mem")
 
 
+def test_calls_below_aggregates_windows_and_in_each_branch_of_a_union_are_batched(conn):
+    call = "aws_sagemaker.invoke_endpoint('ep', NULL, id, x)"
+    below = f"(SELECT id, {call} AS r FROM t OFFSET 0) s"
+    queries = {
+        f"SELECT count(r), min(r) FROM {below}": [(1, 40.0, 40.0)],
+        f"SELECT id, r, lead(r) OVER (ORDER BY id) FROM {below}": [(1, 40.0, 40.0)],
+        f"SELECT {call} FROM t WHERE id < 10 UNION ALL SELECT {call} FROM t WHERE id > 35": [
+            (1, 9.0, 9.0), (1, 5.0, 5.0),
+        ],  # fmt: skip
+    }
+    for query, batches in queries.items():
+        assert batch_lines(conn, query) == batches, query
+        assert rows(conn, query, True) == rows(conn, query, False)
+
+
 def test_explain_verbose_names_the_batched_calls(conn):
     conn.execute("SET azure_ai_sim.enable_batch_mode = on")
     plan = [r[0] for r in conn.execute(f"EXPLAIN (VERBOSE, COSTS OFF) {SENTIMENT}")]
@@ -359,6 +374,10 @@ SHAPES = [
     "SELECT id, NULLIF({f}, '') FROM t ORDER BY id",
     "SELECT id, ARRAY[{f}] FROM t ORDER BY id",
     "SELECT id, ROW(id, {f}) FROM t ORDER BY id",
+    "SELECT count(*), count(r) FROM (SELECT {f} AS r FROM t OFFSET 0) s",
+    "SELECT r IS NULL, count(*) FROM (SELECT {f} AS r FROM t OFFSET 2) s GROUP BY 1 ORDER BY 1",
+    "SELECT id, r, lag(r) OVER (ORDER BY id) FROM (SELECT id, {f} AS r FROM t OFFSET 0) s",
+    "SELECT {f} AS r FROM t WHERE id < 9 INTERSECT SELECT {f} FROM t WHERE id > 30 ORDER BY 1",
 ]
 QUERIES = [shape.format(f=call) for shape, call in itertools.product(SHAPES, CALLS)]
 
