@@ -163,7 +163,8 @@ def test_calls_below_aggregates_windows_and_in_each_branch_of_a_union_are_batche
         f"SELECT count(r), min(r) FROM {below}": [(1, 40.0, 40.0)],
         f"SELECT id, r, lead(r) OVER (ORDER BY id) FROM {below}": [(1, 40.0, 40.0)],
         f"SELECT {call} FROM t WHERE id < 10 UNION ALL SELECT {call} FROM t WHERE id > 35": [
-            (1, 9.0, 9.0), (1, 5.0, 5.0),
+            (1, 9.0, 9.0),
+            (1, 5.0, 5.0),
         ],  # fmt: skip
     }
     for query, batches in queries.items():
