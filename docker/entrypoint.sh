@@ -4,7 +4,9 @@
 # the cluster in $PGDATA (the volume), with the extensions' library preloaded:
 #   POSTGRES_PASSWORD set:    it becomes the password of the superuser postgres, and TCP
 #                             connections (the published port) must give it (scram-sha-256);
-#   POSTGRES_PASSWORD unset:  TCP connections are refused.
+#   POSTGRES_PASSWORD unset:  TCP connections are refused;
+#   POSTGRES_HOST_AUTH_METHOD: the method for TCP connections instead (as the official
+#                             postgres image has it; trust is for tests on a private port).
 # Sessions inside the container (docker exec ... psql -U postgres) use the local socket,
 # which is trusted. The password is read only when the cluster is created.
 set -eu
@@ -23,7 +25,10 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     if [ -n "${POSTGRES_PASSWORD:-}" ]; then
         printf '%s\n' "$POSTGRES_PASSWORD" >"$pwfile"
         host_auth=scram-sha-256
-    else
+    fi
+    if [ -n "${POSTGRES_HOST_AUTH_METHOD:-}" ]; then
+        host_auth=$POSTGRES_HOST_AUTH_METHOD
+    elif [ -z "${POSTGRES_PASSWORD:-}" ]; then
         echo "POSTGRES_PASSWORD is not set: TCP connections will be refused" >&2
         host_auth=reject
     fi

@@ -4,8 +4,8 @@
 #
 #   extension/chroot.sh [SUITE [MAKE TARGET...]]      e.g. extension/chroot.sh trixie test
 #
-# The minbase system comes from debootstrap with the Debian mirror of the machine's own
-# apt sources, once, kept as a tarball in the cache. Every run unpacks it afresh, so no
+# The minbase system comes from extension/debootstrap.sh, a tarball in the cache. Every
+# run unpacks it afresh, so no
 # run sees what another left; what makes a second run fast lives in the cache and is
 # bind-mounted in: apt's downloaded packages, and /root/.cache (pip's wheels, the model
 # build, pgvector's source) together with the test venv. The tree is copied in (its
@@ -19,7 +19,6 @@ suite=${1:-trixie}
 shift || true
 targets=("${@:-test}")
 cache=${AZURE_AI_SIM_CACHE:-$HOME/.cache/azure_ai_sim}
-tarball=$cache/chroot/$suite.tar
 persistent=$cache/chroot/$suite   # apt archives and the chroot's /root/.cache
 mkdir -p "$persistent/apt-archives/partial" "$persistent/root-cache"
 exec 9>"$persistent/lock"
@@ -46,19 +45,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-if [ ! -f "$tarball" ]; then
-    mirror=$(apt-get indextargets --format '$(REPO_URI) $(RELEASE) $(COMPONENT)' \
-        | awk '$3 == "main" && $2 !~ /-/ { print $1; exit }')
-    [ -n "$mirror" ] || { echo "no Debian 'main' archive in the apt sources" >&2; exit 1; }
-    command -v debootstrap >/dev/null || { apt-get update -q && apt-get install -y -q debootstrap; }
-    debootstrap --variant=minbase --include=ca-certificates \
-        "$suite" "$root" "$mirror"
-    rm -rf "$root"/var/cache/apt/archives/*.deb
-    tar -C "$root" -cf "$tarball.tmp" .
-    mv "$tarball.tmp" "$tarball"
-else
-    tar -C "$root" -xf "$tarball"
-fi
+tar -C "$root" -xf "$(extension/debootstrap.sh "$suite")"
 
 chmod 755 "$root"   # mktemp's 0700 (kept in the tarball too): as / it would stop postgres
 

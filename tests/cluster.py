@@ -1,8 +1,10 @@
 """PostgreSQL servers for the tests, the demo and the benchmarks.
 
-Either a throwaway cluster (initdb in a temp dir, a free port, trust auth on a private
-unix socket, run as the postgres user when we are root), or the server that the
-environment variable AZURE_AI_SIM_DSN names. Both hand out fresh databases.
+A throwaway cluster (initdb in a temp dir, a free port, trust auth on a private unix
+socket, run as the postgres user when we are root); or a container of our image
+(docker/Dockerfile), started by testcontainers (pytest --image NAME, or the environment
+variable AZURE_AI_SIM_IMAGE); or the server that AZURE_AI_SIM_DSN names. All hand out
+fresh databases.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,11 +127,61 @@ class Cluster(Server):
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class Container(Server):
+    """A container of our image on the host's network, so that the simulators the tests
+    start on 127.0.0.1 are the server's 127.0.0.1 too; on a free port of the loopback, with
+    trust there (POSTGRES_HOST_AUTH_METHOD, as the official image has it). Client programs
+    (pg_dump, psql) run inside it: they are the server's own major."""
+
+    def __init__(self, image: str) -> None:
+        os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # no registry for its image
+        from testcontainers.core.container import DockerContainer
+
+        self.port = _free_port()
+        self.container = (
+            DockerContainer(image)
+            .with_env("POSTGRES_HOST_AUTH_METHOD", "trust")
+            .with_command(f"-c port={self.port} -c listen_addresses=127.0.0.1")
+            .with_kwargs(network_mode="host")
+        )
+        self.dsn = f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
+        self.log_path = None
+
+    def __enter__(self) -> Container:
+        self.container.start()
+        try:
+            for _ in range(600):  # initdb on the first start: seconds, far below this bound
+                try:
+                    psycopg.connect(self.dsn, connect_timeout=2).close()
+                    return self
+                except psycopg.OperationalError:
+                    time.sleep(0.1)
+            raise RuntimeError(f"the container of {self.container.image} did not accept "
+                               f"connections: {self.container.get_logs()}")  # fmt: skip
+        except BaseException:
+            self.container.stop()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.container.stop()
+
+    def run(self, program: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        kwargs = {"text": True, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **kwargs}
+        docker = os.environ.get("DOCKER", "docker")
+        container = self.container.get_wrapped_container().id
+        return subprocess.run([docker, "exec", "-i", container, program, *args], **kwargs)
+
+
 @contextlib.contextmanager
-def server_from_environment() -> Iterator[Server]:
-    """The server AZURE_AI_SIM_DSN names, else a private cluster for the duration."""
+def server_from_environment(image: str | None = None) -> Iterator[Server]:
+    """A container of image (or of AZURE_AI_SIM_IMAGE), else the server AZURE_AI_SIM_DSN
+    names, else a private cluster, for the duration."""
+    image = image or os.environ.get("AZURE_AI_SIM_IMAGE")
     dsn = os.environ.get("AZURE_AI_SIM_DSN")
-    if dsn:
+    if image:
+        with Container(image) as container:
+            yield container
+    elif dsn:
         conninfo_to_dict(dsn)  # fail early on a malformed DSN
         yield Server(dsn)
     else:

@@ -14,9 +14,16 @@ from azure_ai_sim.sim import AzureMLSimulator
 from cluster import Server, server_from_environment
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--image", help="run against a container of this image of docker/Dockerfile "
+        "(testcontainers), not a private cluster; the environment's AZURE_AI_SIM_IMAGE too",
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="session")
-def server() -> Iterator[Server]:
-    with server_from_environment() as server:
+def server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    with server_from_environment(request.config.getoption("image")) as server:
         yield server
 
 
