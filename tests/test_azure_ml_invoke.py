@@ -14,6 +14,7 @@ import pytest
 
 from azure_ai_sim.sim import AzureMLSimulator, Fault
 from azure_ai_sim.sim.models import DIABETES, HOUSING
+from cluster import Cluster
 from conftest import assert_interrupted, force_parallel, notices, run_in_thread
 from samples import DIABETES_ROWS
 
@@ -205,8 +206,30 @@ def test_missing_endpoint_setting(conn, azureml):
     error = error_of(conn, f"{SMALL}, throw_on_error => false")
     assert error.sqlstate == "55000"
     assert error.diag.message_primary == (
-        'azure_ml.invoke: setting "azure_ml.scoring_endpoint" is not set'
+        'azure_ml.invoke: setting "azure_ml.scoring_endpoint" is not set, nor the server\'s '
+        "AZURE_ML_SCORING_ENDPOINT"
     )
+
+
+def test_the_servers_environment_stands_in_for_unset_settings(server, azureml):
+    """AZURE_ML_SCORING_ENDPOINT and AZURE_ML_ENDPOINT_KEY, as a container gets them;
+    settings, once set, win; the key from the environment is never shown."""
+    if not isinstance(server, Cluster):
+        pytest.skip("needs a server started by the tests, with the variables in its environment")
+    cluster = Cluster()
+    cluster.env.update(
+        AZURE_ML_SCORING_ENDPOINT=azureml.url + "/score", AZURE_ML_ENDPOINT_KEY=azureml.keys[0]
+    )
+    with cluster, psycopg.connect(cluster.dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION azure_ai")
+        assert invoke(conn) == pytest.approx(HOUSING.predict([[1, 2, 3, 4, 5, 6, 7, 8]]))
+        assert scoring_requests(azureml)[-1]["headers"]["authorization"] == (
+            f"Bearer {azureml.keys[0]}"
+        )
+        conn.execute("SELECT azure_ai.set_setting('azure_ml.endpoint_key', 'wrong-key')")
+        error = error_of(conn, SMALL)
+        assert error.sqlstate == "28000"
+        assert azureml.keys[0] not in str(error)
 
 
 # --- retries -----------------------------------------------------------------------------

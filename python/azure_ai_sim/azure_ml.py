@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import uuid
 from dataclasses import dataclass
@@ -97,10 +98,11 @@ def _call(
     if pg.in_parallel_mode():
         raise errors.ParallelMode()
     settings = SETTINGS.snapshot()
-    endpoint = settings.get("azure_ml.scoring_endpoint")
+    endpoint = _setting(settings, "azure_ml.scoring_endpoint")
     if endpoint is None:
         raise errors.SettingMissing(
-            'setting "azure_ml.scoring_endpoint" is not set',
+            'setting "azure_ml.scoring_endpoint" is not set, nor the server\'s '
+            "AZURE_ML_SCORING_ENDPOINT",
             hint="SELECT azure_ai.set_setting('azure_ml.scoring_endpoint', '<scoring URI>');",
         )
     return _Call(input_data, deployment_name, timing, settings, endpoint)
@@ -161,7 +163,21 @@ def _credential(settings: dict[str, str], deadline: transport.Deadline) -> str |
     """The endpoint key, or an Entra ID token; None sends no Authorization header."""
     if settings.get("azure_ml.auth_type") == "managed-identity":
         return identity.bearer_token(AUDIENCE, deadline)
-    return settings.get("azure_ml.endpoint_key")
+    key = _setting(settings, "azure_ml.endpoint_key")
+    redaction.remember(key)
+    return key
+
+
+# What the server's environment gives for a setting that is not set, as AWS_REGION and
+# AWS_ENDPOINT_URL do for aws_ml: a container is pointed at an endpoint by variables alone.
+ENVIRONMENT = {
+    "azure_ml.scoring_endpoint": "AZURE_ML_SCORING_ENDPOINT",
+    "azure_ml.endpoint_key": "AZURE_ML_ENDPOINT_KEY",
+}
+
+
+def _setting(settings: dict[str, str], key: str) -> str | None:
+    return settings.get(key) or os.environ.get(ENVIRONMENT[key]) or None
 
 
 def _json_text(response: transport.Response) -> str:
