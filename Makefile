@@ -1,4 +1,5 @@
-# azure_ai_sim: make install | uninstall | demo | test | bench (run as root on Debian/Ubuntu)
+# azure_ai_sim: make install | uninstall | demo | test | bench | docker (run as root on
+# Debian/Ubuntu)
 
 VENV := .venv
 PYTHON := $(VENV)/bin/python
@@ -29,10 +30,11 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check python tests
 
 # The whole suite against the machine's PostgreSQL, then against PostgreSQL 17 (unless
-# that is the machine's) in a Debian 13 (trixie) chroot: extension/chroot.sh.
-test: test-here test-pg17
+# that is the machine's) in a Debian 13 (trixie) chroot: extension/chroot.sh; then
+# against a container of our image, where a Docker engine can run (docker/test.sh).
+test: test-here test-pg17 test-docker
 
-.PHONY: test-here test-pg17
+.PHONY: test-here test-pg17 test-docker docker docker-test
 test-here: install lint
 	$(PYTHON) -m pytest tests --ignore=tests/bench
 
@@ -43,6 +45,16 @@ test-pg17:
 	    echo "==> the whole suite again, against PostgreSQL 17 in a Debian 13 chroot"; \
 	    extension/chroot.sh trixie test-here; \
 	fi
+
+test-docker: $(VENV)/.installed
+	PYTHON=$(PYTHON) docker/test.sh --or-skip
+
+# The images of docker/Dockerfile (the database, the simulators), and the suite against them.
+docker:
+	docker/build.sh
+
+docker-test: $(VENV)/.installed
+	PYTHON=$(PYTHON) docker/test.sh
 
 bench: install $(VENV)/.installed
 	$(PYTHON) -m pytest tests/bench -s

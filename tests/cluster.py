@@ -133,7 +133,10 @@ class Container(Server):
     trust there (POSTGRES_HOST_AUTH_METHOD, as the official image has it). Client programs
     (pg_dump, psql) run inside it: they are the server's own major."""
 
-    def __init__(self, image: str) -> None:
+    def __init__(
+        self, image: str, env: dict[str, str] | None = None, volume: str | None = None
+    ) -> None:
+        """env: more of the container's environment; volume: a named volume for the data."""
         os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # no registry for its image
         from testcontainers.core.container import DockerContainer
 
@@ -141,18 +144,25 @@ class Container(Server):
         self.container = (
             DockerContainer(image)
             .with_env("POSTGRES_HOST_AUTH_METHOD", "trust")
-            .with_command(f"-c port={self.port} -c listen_addresses=127.0.0.1")
+            .with_env("PGPORT", str(self.port))  # the server's port, and psql's inside
+            .with_command("-c listen_addresses=127.0.0.1")
             .with_kwargs(network_mode="host")
         )
+        for name, value in (env or {}).items():
+            self.container.with_env(name, value)
+        if volume:
+            self.container.with_volume_mapping(volume, "/var/lib/postgresql/data", "rw")
         self.dsn = f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
         self.log_path = None
 
     def __enter__(self) -> Container:
+        self._started = time.monotonic()
         self.container.start()
         try:
             for _ in range(600):  # initdb on the first start: seconds, far below this bound
                 try:
                     psycopg.connect(self.dsn, connect_timeout=2).close()
+                    self._ready = time.monotonic()
                     return self
                 except psycopg.OperationalError:
                     time.sleep(0.1)
@@ -162,14 +172,23 @@ class Container(Server):
             self.container.stop()
             raise
 
+    @property
+    def started_in(self) -> float:
+        """Seconds from the container's start to the first session."""
+        return self._ready - self._started
+
     def __exit__(self, *exc_info: object) -> None:
         self.container.stop()
 
     def run(self, program: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
         kwargs = {"text": True, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **kwargs}
-        docker = os.environ.get("DOCKER", "docker")
         container = self.container.get_wrapped_container().id
-        return subprocess.run([docker, "exec", "-i", container, program, *args], **kwargs)
+        return subprocess.run([docker(), "exec", "-i", container, program, *args], **kwargs)
+
+
+def docker() -> str:
+    """The Docker client (docker/engine.sh picks one that builds with BuildKit)."""
+    return os.environ.get("DOCKER", "docker")
 
 
 @contextlib.contextmanager

@@ -22,6 +22,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 @pytest.fixture(scope="session")
+def image(request: pytest.FixtureRequest) -> str:
+    """The --image under test: tests/docker tests the image itself, and without one skips."""
+    name = request.config.getoption("image")
+    if not name:
+        pytest.skip("tests an image of docker/: make docker-test (pytest --image NAME)")
+    return name
+
+
+@pytest.fixture(scope="session")
 def server(request: pytest.FixtureRequest) -> Iterator[Server]:
     with server_from_environment(request.config.getoption("image")) as server:
         yield server

@@ -111,7 +111,11 @@ def _botocore() -> Any:
 
 
 def _region(settings: dict[str, str]) -> str:
-    region = settings.get("region") or _botocore().get_config_variable("region")
+    region = (
+        settings.get("region")
+        or os.environ.get("AWS_REGION")  # the other SDKs' variable; botocore's is below
+        or _botocore().get_config_variable("region")  # AWS_DEFAULT_REGION, config files
+    )
     if not region:
         raise errors.SettingMissing(
             "no AWS region: set AWS_REGION for the server, or the aws_ml setting region",
