@@ -16,6 +16,12 @@ docker_engine() {
         { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io; } >&2 \
             || { echo "==> docker.io did not install" >&2; return 3; }
     fi
+    # Compose, for tests/docker: v2 (the plugin) or Debian's docker-compose.
+    if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null \
+        && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >&2 \
+            || echo "==> docker-compose did not install: the Compose test will skip" >&2
+    fi
     # The client: `docker` if it builds with BuildKit (buildx), else the engine package's own.
     DOCKER=${DOCKER:-docker}
     if ! "$DOCKER" buildx version >/dev/null 2>&1 && [ -x /usr/bin/docker ]; then
