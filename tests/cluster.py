@@ -182,8 +182,14 @@ class Container(Server):
 
     def run(self, program: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
         kwargs = {"text": True, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **kwargs}
+        # what the caller adds to the environment goes in; the host's own does not
+        added = {k: v for k, v in kwargs.pop("env", {}).items() if os.environ.get(k) != v}
+        options = [f"--env={name}={value}" for name, value in added.items()]
+        command = [program, *args]
+        if kwargs.get("stderr") == subprocess.STDOUT:  # one stream in the container, in order
+            command = ["sh", "-c", 'exec "$@" 2>&1', "sh", *command]
         container = self.container.get_wrapped_container().id
-        return subprocess.run([docker(), "exec", "-i", container, program, *args], **kwargs)
+        return subprocess.run([docker(), "exec", "-i", *options, container, *command], **kwargs)
 
 
 def docker() -> str:

@@ -20,18 +20,20 @@ KEY = "sim-key"
 
 
 def run_demo(server: Server, dsn: str, azureml: AzureMLSimulator) -> subprocess.CompletedProcess:
-    """psql echoes each statement before its result; errors and notices interleave."""
+    """psql echoes each statement before its result; errors and notices interleave. The
+    script goes in on psql's standard input: psql may run where the server does."""
     with (
         SageMakerSimulator() as sagemaker,
         ComprehendSimulator() as comprehend,
         BedrockSimulator() as bedrock,
+        DEMO_SQL.open() as script,
     ):
         return server.run(
             "psql", "--no-psqlrc", "--echo-queries", "-v", "ON_ERROR_STOP=1",
             "-v", f"scoring_endpoint={azureml.url}/score", "-v", f"endpoint_key={KEY}",
             "-v", f"sagemaker_url={sagemaker.url}", "-v", f"comprehend_url={comprehend.url}",
             "-v", f"bedrock_url={bedrock.url}",
-            f"--dbname={dsn}", f"--file={DEMO_SQL}", stderr=subprocess.STDOUT,
+            f"--dbname={dsn}", stdin=script, stderr=subprocess.STDOUT,
         )  # fmt: skip
 
 
