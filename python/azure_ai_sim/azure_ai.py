@@ -14,6 +14,9 @@ SETTINGS = SettingsTable(
         "azure_ml.scoring_endpoint": http_url,
         "azure_ml.endpoint_key": secret,
         "azure_ml.auth_type": AUTH_TYPE,
+        # azure_ml.score: where the endpoint's swagger is, or the request shape instead
+        "azure_ml.swagger_uri": http_url,
+        "azure_ml.request_format": one_of("input_data", "input_data_split", "data", "web_service"),
         "azure_ml.serverless_ranking_endpoint": http_url,
         "azure_ml.serverless_ranking_endpoint_key": secret,
         "azure_openai.endpoint": http_url,

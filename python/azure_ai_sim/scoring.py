@@ -1,0 +1,340 @@
+"""azure_ml.score: one row's input in, that row's prediction out, as Azure Stream Analytics'
+machine-learning functions score a stream. The request takes the shape that the
+endpoint's swagger describes (or the azure_ml.request_format setting names), so the caller
+passes a row, an array or a JSON object instead of a whole payload; in batch mode the rows
+of a batch share requests, and the answers go back to them by position."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from azure_ai_sim import aws, azure_ml, errors, pg, redaction, transport
+
+FORMATS = ("input_data", "input_data_split", "data", "web_service")
+# What a swagger type takes, as JSON decodes it (a bool is no number here).
+JSON_TYPES = {"number": (int, float), "integer": (int,), "string": (str,), "boolean": (bool,)}
+# Rows per request when max_batch_count is NULL: at most this many, and at most this much.
+MAX_BATCH_ROWS = 1000
+MAX_BATCH_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A request shape: its format, and the columns the swagger declares (name, type)."""
+
+    format: str
+    columns: tuple[tuple[str, str], ...] = ()
+    input_name: str = "WebServiceInput0"
+    output_name: str = "WebServiceOutput0"
+
+    def row(self, value: Any) -> list[Any] | dict[str, Any]:
+        """One row's input, checked against the columns before anything is sent: an
+        object maps to them by name, an array by position."""
+        names = [name for name, _ in self.columns]
+        if isinstance(value, dict):
+            if not self.columns:
+                if self.format == "web_service":
+                    return value
+                raise errors.InvalidParameter(
+                    "input_data is a row or an object, but the endpoint's swagger names no "
+                    "columns to map it to: pass an array"
+                )
+            missing = [name for name in names if name not in value]
+            extra = sorted(set(value) - set(names))
+            if missing or extra:
+                raise errors.InvalidParameter(
+                    f"input_data does not match the endpoint's columns ({', '.join(names)}):"
+                    + (f" missing {', '.join(missing)}" if missing else "")
+                    + (";" if missing and extra else "")
+                    + (f" not a column: {', '.join(extra)}" if extra else "")
+                )
+            values = [value[name] for name in names]
+        elif isinstance(value, list):
+            values = value
+            if self.columns and len(values) != len(self.columns):
+                raise errors.InvalidParameter(
+                    f"input_data has {len(values)} values; the endpoint takes "
+                    f"{len(self.columns)} ({', '.join(names)})"
+                )
+        else:
+            raise errors.InvalidParameter(
+                "input_data must be a row, an array or a JSON object, not a JSON "
+                + type(value).__name__.replace("str", "string").replace("NoneType", "null")
+            )
+        for (name, kind), item in zip(self.columns, values, strict=False):
+            accepted = JSON_TYPES.get(kind)
+            if (
+                item is not None
+                and accepted
+                and (
+                    isinstance(item, bool) != (kind == "boolean") or not isinstance(item, accepted)
+                )
+            ):
+                raise errors.InvalidParameter(
+                    f"input_data's {name} is {json.dumps(item)}; the endpoint takes a {kind}"
+                )
+        if self.format == "web_service" and self.columns:
+            return dict(zip(names, values, strict=True))
+        return values
+
+    def payload(self, rows: list[Any]) -> bytes:
+        if self.format == "web_service":
+            document: Any = {"Inputs": {self.input_name: rows}, "GlobalParameters": {}}
+        elif self.format == "input_data_split":
+            names = [name for name, _ in self.columns]
+            split = {"columns": names, "index": list(range(len(rows))), "data": rows}
+            document = {"input_data": split}
+        else:
+            document = {self.format: rows}
+        return json.dumps(document, separators=(",", ":")).encode()
+
+    def predictions(self, answer: Any, count: int) -> list[Any]:
+        """The answer's prediction for each row of the request, in order."""
+        if self.format == "web_service":
+            answer = (answer.get("Results") or {}).get(self.output_name) if isinstance(
+                answer, dict
+            ) else None  # fmt: skip
+        if not isinstance(answer, list) or len(answer) != count:
+            found = f"{len(answer)} predictions" if isinstance(answer, list) else "no list"
+            raise errors.InvalidResponse(
+                f"the endpoint answered {found} for {count} rows"
+                + (
+                    f" (expected Results.{self.output_name})"
+                    if self.format == "web_service"
+                    else ""
+                )
+            )
+        return answer
+
+
+def shape_of(document: Any) -> Shape:
+    """The request shape a swagger (2.0, or OpenAPI 3) describes for POST .../score."""
+    body = _body_schema(document)
+    properties = body.get("properties") or {}
+    if "Inputs" in properties:
+        inputs = properties["Inputs"].get("properties") or {}
+        input_name = next(iter(inputs), "WebServiceInput0")
+        output_name = next(iter(_results(document)), "WebServiceOutput0")
+        columns = _columns(inputs.get(input_name, {}).get("items") or {})
+        return Shape("web_service", columns, input_name, output_name)
+    for key in ("input_data", "data"):
+        if key in properties:
+            schema = properties[key]
+            split = schema.get("type") == "object" or "columns" in (schema.get("properties") or {})
+            if split:
+                columns = tuple(
+                    (name, "") for name in (schema.get("example") or {}).get("columns", [])
+                )
+                return Shape("input_data_split", columns)
+            return Shape(key, _columns(schema.get("items") or {}))
+    raise errors.InvalidResponse(
+        "the endpoint's swagger describes no request shape azure_ml.score knows (input_data, "
+        "data, Inputs)",
+        hint="Set azure_ml.request_format to one of: " + ", ".join(FORMATS) + ".",
+    )
+
+
+def _body_schema(document: Any) -> dict[str, Any]:
+    """The JSON schema of the scoring operation's body."""
+    try:
+        operation = next(
+            path["post"] for name, path in document["paths"].items()
+            if name.endswith("/score") and "post" in path
+        )  # fmt: skip
+        if "requestBody" in operation:  # OpenAPI 3
+            return operation["requestBody"]["content"]["application/json"]["schema"]
+        return next(p["schema"] for p in operation["parameters"] if p.get("in") == "body")
+    except (KeyError, TypeError, StopIteration, AttributeError):
+        raise errors.InvalidResponse("the endpoint's swagger has no POST .../score body") from None
+
+
+def _results(document: Any) -> dict[str, Any]:
+    """The named outputs of a designer-style answer (Results), if the swagger says."""
+    try:
+        operation = next(p["post"] for n, p in document["paths"].items() if n.endswith("/score"))
+        ok = operation["responses"]["200"]
+        schema = ok.get("schema") or ok["content"]["application/json"]["schema"]
+        return schema["properties"]["Results"]["properties"]
+    except (KeyError, TypeError, StopIteration):
+        return {}
+
+
+def _columns(items: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The columns of a row schema: an object's properties in order, with their types."""
+    properties = items.get("properties") or {}
+    return tuple((name, (schema or {}).get("type", "")) for name, schema in properties.items())
+
+
+# --- where the swagger is, and fetching it once -------------------------------------------
+
+_shapes: dict[tuple[str, str | None, str], Shape] = {}
+
+
+def swagger_url(settings: dict[str, str], endpoint: str) -> str:
+    """azure_ml.swagger_uri, or swagger.json beside the scoring URI (as Azure ML serves it)."""
+    configured = settings.get("azure_ml.swagger_uri")
+    if configured:
+        return configured
+    if not re.search(r"/score/?$", endpoint.split("?")[0]):
+        raise errors.SettingMissing(
+            "the scoring endpoint does not end in /score, so its swagger.json is not beside "
+            "it, and azure_ml.swagger_uri is not set",
+            hint="SELECT azure_ai.set_setting('azure_ml.swagger_uri', '<swagger URI>');",
+        )
+    return re.sub(r"/score/?$", "/swagger.json", endpoint.split("?")[0])
+
+
+def shape_for(call: azure_ml._Call, secret: str | None) -> Shape:
+    """The request shape for a call: the setting's, or its endpoint's swagger's (fetched
+    once per backend, endpoint and deployment)."""
+    configured = call.settings.get("azure_ml.request_format")
+    if configured:
+        return Shape(configured)
+    url = swagger_url(call.settings, call.endpoint)
+    key = (url, call.deployment_name, call.endpoint)
+    if key not in _shapes:
+        request = call.request(secret)
+        fetch = transport.Request(
+            "GET", url, {k: v for k, v in request.headers.items() if k != "Content-Type"}, b"",
+            max_response_bytes=request.max_response_bytes, secrets=request.secrets,
+        )  # fmt: skip
+        deadline = call.timing.deadline()
+        response = transport.send(fetch, deadline, call.timing.policy())
+        try:
+            document = json.loads(response.body)
+        except ValueError:
+            raise errors.InvalidResponse(
+                f"{url} is not JSON: " + repr(redaction.excerpt(response.body, 100))
+            ) from None
+        _shapes[key] = shape_of(document)
+    return _shapes[key]
+
+
+@pg.sql_function("azure_ml.score")
+def score(
+    input_data: str | None,
+    timeout_ms: int | None = None,
+    throw_on_error: bool | None = True,
+    deployment_name: str | None = None,
+    max_attempts: int | None = 1,
+    retry_delay_ms: int | None = 1000,
+    max_batch_count: int | None = None,
+) -> str | None:
+    """One row scored: its request in the endpoint's shape, its prediction as JSON."""
+    return _score(
+        [input_data], [timeout_ms], [throw_on_error], [deployment_name], [max_attempts],
+        [retry_delay_ms], [max_batch_count],
+    )[0]  # fmt: skip
+
+
+@pg.sql_function("azure_ml.score")
+def score_batch(
+    input_data: list[str | None],
+    timeout_ms: list[int | None],
+    throw_on_error: list[bool | None],
+    deployment_name: list[str | None],
+    max_attempts: list[int | None],
+    retry_delay_ms: list[int | None],
+    max_batch_count: list[int | None],
+) -> list[str | None]:
+    """score for many rows: see _score."""
+    return _score(
+        input_data, timeout_ms, throw_on_error, deployment_name, max_attempts, retry_delay_ms,
+        max_batch_count,
+    )  # fmt: skip
+
+
+def _score(
+    input_data: list[str | None],
+    timeout_ms: list[int | None],
+    throw_on_error: list[bool | None],
+    deployment_name: list[str | None],
+    max_attempts: list[int | None],
+    retry_delay_ms: list[int | None],
+    max_batch_count: list[int | None],
+) -> list[str | None]:
+    """Many rows scored: the rows of one deployment and the same retry arguments share a
+    request, up to max_batch_count rows (NULL: up to 1,000 rows or 1 MB), the requests
+    several at once. A failing request fails each of its rows: with throw_on_error false
+    they are NULL with a WARNING each; otherwise the first of them raises."""
+    batch = aws.RowBatch(
+        input_data, timeout_ms, throw_on_error, deployment_name, max_attempts, retry_delay_ms,
+        max_batch_count,
+    )  # fmt: skip
+    secrets: dict[str | None, str | None] = {}
+
+    def checked(value, deployment, timeout, attempts, delay, most):
+        call = azure_ml._call(value, timeout, deployment, attempts, delay)
+        if call is None:
+            return None
+        if most is not None and most < 1:
+            raise errors.InvalidParameter(f"max_batch_count must be at least 1, not {most}")
+        if deployment not in secrets:
+            secrets[deployment] = azure_ml._credential(call.settings, call.timing.deadline())
+        shape = shape_for(call, secrets[deployment])
+        return call, shape, shape.row(json.loads(value))
+
+    rows = batch.prepare(
+        checked, input_data, deployment_name, timeout_ms, max_attempts, retry_delay_ms,
+        max_batch_count,
+    )  # fmt: skip
+    warnings: dict[int, errors.Error] = {}
+
+    def failed(chunk: list[int], failure: errors.Error) -> None:
+        for row in chunk:
+            if throw_on_error[row] is False and isinstance(failure, errors.CallFailed):
+                warnings[row] = failure
+            else:
+                batch.fail(row, failure)
+                return
+
+    def finish(chunk: list[int], shape: Shape, response: transport.Response) -> None:
+        predictions = shape.predictions(json.loads(azure_ml._json_text(response)), len(chunk))
+        for row, prediction in zip(chunk, predictions, strict=True):
+            batch.results[row] = json.dumps(prediction)
+
+    groups: dict[tuple, list[int]] = {}
+    for row in rows:
+        arguments = (deployment_name[row], timeout_ms[row], max_attempts[row], retry_delay_ms[row])
+        groups.setdefault(arguments, []).append(row)
+    for group in groups.values():
+        for chunk in _chunks(group, rows, max_batch_count):
+            call, shape, _ = rows[chunk[0]]
+            payload = shape.payload([rows[row][2] for row in chunk])
+            request = azure_ml._Call(
+                payload.decode(), call.deployment_name, call.timing, call.settings, call.endpoint
+            ).request(secrets[call.deployment_name])
+            exchange = aws.Exchange(
+                chunk[0],
+                request,
+                call.timing,
+                lambda answer, c=chunk, s=shape: finish(c, s, answer),
+            )
+            exchange.failed = lambda failure, c=chunk: failed(c, failure)
+            batch.add(exchange)
+    batch.run()
+    for row in sorted(warnings):
+        if row < batch.limit:
+            pg.warning(warnings[row], "azure_ml.score")
+    return batch.outcome()
+
+
+def _chunks(
+    group: list[int], rows: dict[int, Any], max_batch_count: list[int | None]
+) -> list[list[int]]:
+    """The rows of a group, in order, in requests of at most max_batch_count rows (NULL:
+    MAX_BATCH_ROWS, and MAX_BATCH_BYTES of their inputs)."""
+    chunks: list[list[int]] = []
+    size = 0
+    for row in group:
+        most = max_batch_count[row] or MAX_BATCH_ROWS
+        row_size = len(json.dumps(rows[row][2]))
+        if not chunks or len(chunks[-1]) >= most or size + row_size > MAX_BATCH_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(row)
+        size += row_size
+    return chunks

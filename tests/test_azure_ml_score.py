@@ -1,0 +1,151 @@
+"""azure_ml.score: a row's input in, its prediction out, the request shaped by the
+endpoint's swagger or the azure_ml.request_format setting; batched in batch mode."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import psycopg
+import pytest
+
+from azure_ai_sim.sim import Fault
+from azure_ai_sim.sim.models import DIABETES, HOUSING
+from samples import DIABETES_ROWS
+
+HOUSING_ROWS = [[8.3252, 41, 6.98, 1.02, 322, 2.56, 37.88, -122.23], [1, 2, 3, 4, 5, 6, 7, 8]]
+BATCH_LINE = re.compile(r"Batch Processing: num batches=(\d+) avg/min/max batch size=")
+
+
+@pytest.fixture
+def conn(database, azureml):
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS azure_ai")
+        url = azureml.url + "/score"
+        conn.execute("SELECT azure_ai.set_setting('azure_ml.scoring_endpoint', %s)", (url,))
+        conn.execute("SELECT azure_ai.set_setting('azure_ml.endpoint_key', %s)", (azureml.keys[0],))
+        conn.execute("SELECT azure_ai.set_setting('azure_ml.request_format', NULL)")
+        conn.execute("SET azure_ai_sim.enable_batch_mode = on")
+        yield conn
+
+
+def scoring_requests(azureml) -> list[dict]:
+    return [r for r in azureml.recorded.snapshot() if r["path"].endswith("/score")]
+
+
+def test_an_array_is_one_row_of_the_request(conn, azureml):
+    (prediction,) = conn.execute(
+        "SELECT azure_ml.score(%s::float8[])", (HOUSING_ROWS[1],)
+    ).fetchone()
+    assert prediction == pytest.approx(HOUSING.predict([HOUSING_ROWS[1]])[0])
+    (request,) = scoring_requests(azureml)
+    assert json.loads(request["body"]) == {"input_data": [HOUSING_ROWS[1]]}
+
+
+def test_a_table_is_scored_in_shared_requests_equal_to_per_row_invoke(conn, azureml):
+    conn.execute(
+        "CREATE TEMP TABLE houses AS SELECT g AS id, ARRAY[g, 2, 3, 4, 5, 6, 7, 8]::float8[]"
+        " AS features FROM generate_series(1, 30) g"
+    )
+    query = "SELECT id, azure_ml.score(features) FROM houses ORDER BY id"
+    plan = [r[0] for r in conn.execute(f"EXPLAIN (ANALYZE, COSTS OFF) {query}")]
+    assert [int(m[1]) for m in map(BATCH_LINE.search, plan) if m] == [1]
+    azureml.recorded.clear()
+    scored = [row[1] for row in conn.execute(query)]
+    assert len(scoring_requests(azureml)) == 1  # 30 rows, one request
+    invoked = [
+        row[0][0]
+        for row in conn.execute(
+            "SELECT azure_ml.invoke(jsonb_build_object('input_data', jsonb_build_array("
+            "to_jsonb(features)))) FROM houses ORDER BY id"
+        )
+    ]
+    assert scored == invoked
+    azureml.recorded.clear()
+    conn.execute(query.replace("features)", "features, max_batch_count => 7)")).fetchall()
+    sizes = sorted(len(json.loads(r["body"])["input_data"]) for r in scoring_requests(azureml))
+    assert sizes == [2, 7, 7, 7, 7]  # in parallel: in any order
+
+
+def test_the_v1_data_shape_by_setting(conn, azureml):
+    conn.execute(
+        "SELECT azure_ai.set_setting('azure_ml.scoring_endpoint', %s)",
+        (azureml.url + "/api/v1/service/diabetes/score",),
+    )
+    conn.execute("SELECT azure_ai.set_setting('azure_ml.request_format', 'data')")
+    rows = conn.execute(
+        "SELECT azure_ml.score(r::float8[]) FROM jsonb_array_elements(%s) e,"
+        " LATERAL (SELECT array_agg(x::float8) FROM jsonb_array_elements_text(e) x) a(r)",
+        (json.dumps(DIABETES_ROWS),),
+    ).fetchall()
+    assert [row[0] for row in rows] == pytest.approx(DIABETES.predict(DIABETES_ROWS))
+    assert all("data" in json.loads(r["body"]) for r in scoring_requests(azureml))
+
+
+def test_inputs_that_fit_no_row_are_refused_before_sending(conn, azureml):
+    for value, message in [
+        ("'\"x\"'", "input_data must be a row, an array or a JSON object, not a JSON string"),
+        ("'{\"a\": 1}'", "input_data is a row or an object, but the endpoint's swagger names"),
+    ]:
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as caught:
+            conn.execute(f"SELECT azure_ml.score({value})")
+        assert caught.value.diag.message_primary.startswith(f"azure_ml.score: {message}")
+    assert scoring_requests(azureml) == []
+
+
+def test_a_prediction_count_that_does_not_match_is_an_error(conn, azureml):
+    azureml.faults.extend([Fault(status=200, body="[1, 2, 3]")])
+    with pytest.raises(psycopg.Error) as caught:
+        conn.execute("SELECT azure_ml.score(ARRAY[1, 2, 3, 4, 5, 6, 7, 8])")
+    assert caught.value.diag.message_primary == (
+        "azure_ml.score: the endpoint answered 3 predictions for 1 rows"
+    )
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 409])
+def test_fatal_statuses_fail_at_once(conn, azureml, status):
+    azureml.faults.extend([Fault(status=status)] * 3)
+    with pytest.raises(psycopg.Error):
+        conn.execute("SELECT azure_ml.score(ARRAY[1,2,3,4,5,6,7,8], max_attempts => 3,"
+                     " retry_delay_ms => 0)")  # fmt: skip
+    assert len(scoring_requests(azureml)) == 1
+    azureml.faults.clear()
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
+def test_transient_statuses_are_retried(conn, azureml, status):
+    azureml.faults.extend([Fault(status=status)])
+    (prediction,) = conn.execute(
+        "SELECT azure_ml.score(ARRAY[1,2,3,4,5,6,7,8], max_attempts => 2, retry_delay_ms => 0)"
+    ).fetchone()
+    assert prediction == pytest.approx(HOUSING.predict([[1, 2, 3, 4, 5, 6, 7, 8]])[0])
+    assert len(scoring_requests(azureml)) == 2
+
+
+def test_throw_on_error_false_gives_null_and_a_warning_for_failing_rows(conn, azureml):
+    conn.execute(
+        "CREATE TEMP TABLE mixed AS SELECT g AS id, CASE WHEN g = 2 THEN 'nope'"
+        " ELSE 'Housingprediction' END AS deployment FROM generate_series(1, 3) g"
+    )
+    warnings: list[str] = []
+    conn.add_notice_handler(lambda notice: warnings.append(notice.message_primary))
+    rows = conn.execute(
+        "SELECT id, azure_ml.score(ARRAY[1,2,3,4,5,6,7,8], throw_on_error => false,"
+        " deployment_name => deployment) FROM mixed ORDER BY id"
+    ).fetchall()
+    expected = HOUSING.predict([[1, 2, 3, 4, 5, 6, 7, 8]])[0]
+    assert [row[1] for row in rows] == [pytest.approx(expected), None, pytest.approx(expected)]
+    assert len(warnings) == 1 and warnings[0].startswith("azure_ml.score: HTTP 404")
+
+
+def test_the_swagger_is_fetched_once_and_again_for_another_endpoint(conn, azureml):
+    conn.execute("SELECT azure_ml.score(ARRAY[1,2,3,4,5,6,7,8])")
+    served = azureml.served
+    conn.execute("SELECT azure_ml.score(ARRAY[1,2,3,4,5,6,7,8])")
+    assert azureml.served == served + 1  # the scoring request only
+    conn.execute(
+        "SELECT azure_ai.set_setting('azure_ml.scoring_endpoint', %s)",
+        (azureml.url.replace("127.0.0.1", "localhost") + "/score",),
+    )
+    conn.execute("SELECT azure_ml.score(ARRAY[1,2,3,4,5,6,7,8])")
+    assert azureml.served == served + 3  # the new endpoint's swagger, then the scoring
