@@ -98,7 +98,304 @@ def test_health_and_swagger(call):
     assert [d["name"] for d in swagger["x-azureml-deployments"]] == [
         "Housingprediction",
         "diabetes",
+        "nyc-taxi-fare",
     ]
+
+
+DEPLOYMENT_NAMES = ["Housingprediction", "diabetes", "nyc-taxi-fare"]
+# What each deployment's swagger says its scoring script takes: the parameters and the
+# inference-schema format of the first one.
+DOCUMENTED_INPUTS = {
+    "Housingprediction": (["input_data"], "pandas.DataFrame:split"),
+    "diabetes": (["data"], "numpy.ndarray"),
+    "nyc-taxi-fare": (["Inputs", "GlobalParameters"], None),
+}
+TAXI_COLUMNS = ["vendorid", "weekday", "pickuphour", "passenger", "distance"]
+# Azure Stream Analytics' example requests ("Integrate Azure Stream Analytics with Azure
+# Machine Learning"): its createArray form and its DataFrame form.
+ASA_ARRAYS = {
+    "Inputs": {"WebServiceInput0": [["1", "Mon", "12", "1", "5.8"], ["2", "Wed", "10", "2", "10"]]}
+}
+ASA_FRAME = {
+    "Inputs": {
+        "WebServiceInput0": [
+            {
+                "vendorid": "1",
+                "weekday": "Mon",
+                "pickuphour": "12",
+                "passenger": "1",
+                "distance": "5.8",
+            },
+            {
+                "vendorid": "2",
+                "weekday": "Tue",
+                "pickuphour": "10",
+                "passenger": "2",
+                "distance": "10",
+            },
+        ]
+    }
+}
+
+
+def swagger(
+    call: Any, deployment: str | None = None, query: str = "", path: str = "/swagger.json"
+) -> Reply:
+    headers = {"azureml-model-deployment": deployment} if deployment else {}
+    return call("GET", path + query, headers=headers)
+
+
+def taxi(call: Any, payload: Any, path: str = "/score") -> Reply:
+    headers = {**AUTH, "azureml-model-deployment": "nyc-taxi-fare"}
+    return call("POST", path, payload, headers)
+
+
+@pytest.mark.parametrize("name", DEPLOYMENT_NAMES)
+def test_swagger2_of_each_deployment(call, name):
+    reply = swagger(call, name)
+    assert (reply.status, reply.headers["content-type"]) == (200, "application/json")
+    document = reply.json()
+    assert document["swagger"] == "2.0"
+    assert document["info"]["title"] == name
+    assert list(document["paths"]) == ["/", "/score", "/swagger.json"]
+    score = document["paths"]["/score"]["post"]
+    assert score["operationId"] == "RunMLService"
+    assert score["parameters"] == [
+        {
+            "name": "serviceInputPayload",
+            "in": "body",
+            "description": "The input payload for executing the real-time machine learning "
+            "service.",
+            "schema": {"$ref": "#/definitions/ServiceInput"},
+        }
+    ]
+    assert score["responses"]["200"]["schema"] == {"$ref": "#/definitions/ServiceOutput"}
+    service_input = document["definitions"]["ServiceInput"]
+    parameters, input_format = DOCUMENTED_INPUTS[name]
+    assert service_input["type"] == "object"
+    assert list(service_input["properties"]) == list(service_input["example"]) == parameters
+    assert service_input["properties"][parameters[0]].get("format") == input_format
+    assert document["definitions"]["ErrorResponse"] == {
+        "type": "object",
+        "properties": {"message": {"type": "string"}},
+    }
+    assert document["securityDefinitions"]["Bearer"]["name"] == "Authorization"
+    assert [d["name"] for d in document["x-azureml-deployments"]] == DEPLOYMENT_NAMES
+
+
+def test_swagger_shows_the_columns_and_their_types(call):
+    housing_input = swagger(call, "Housingprediction").json()["definitions"]["ServiceInput"]
+    split = housing_input["properties"]["input_data"]
+    assert split["required"] == ["columns", "index", "data"]
+    assert split["properties"]["data"] == {
+        "type": "array",
+        "items": {"type": "array", "items": {"type": "number", "format": "double"}},
+    }
+    assert housing_input["example"]["input_data"]["columns"][:2] == ["MedInc", "HouseAge"]
+    diabetes = swagger(call, "diabetes").json()["definitions"]
+    assert diabetes["ServiceInput"]["properties"]["data"]["items"]["items"]["type"] == "number"
+    assert diabetes["ServiceOutput"]["format"] == "numpy.ndarray"
+
+    taxi_document = swagger(call, "nyc-taxi-fare").json()["definitions"]
+    frame = taxi_document["ServiceInput"]["properties"]["Inputs"]["properties"]["WebServiceInput0"]
+    assert frame["format"] == "pandas.DataFrame:records"
+    assert frame["items"]["required"] == TAXI_COLUMNS
+    assert frame["items"]["properties"] == {name: {"type": "string"} for name in TAXI_COLUMNS}
+    example = taxi_document["ServiceInput"]["example"]
+    assert example["Inputs"]["WebServiceInput0"] == ASA_FRAME["Inputs"]["WebServiceInput0"][:1]
+    assert example["GlobalParameters"] == {}
+    results = taxi_document["ServiceOutput"]["properties"]["Results"]
+    output = results["properties"]["WebServiceOutput0"]["items"]
+    assert output["required"] == [*TAXI_COLUMNS, "Scored Labels"]
+    assert output["properties"]["Scored Labels"] == {"type": "number", "format": "double"}
+
+
+def test_default_deployment_swagger_and_version_aliases(call):
+    default = swagger(call).json()
+    assert default["info"]["title"] == "Housingprediction"
+    assert swagger(call, query="?version=2").json() == default
+    assert swagger(call, query="?version=2.0").json() == default
+
+
+@pytest.mark.parametrize(
+    ("version", "openapi"), [("3", "3.0.3"), ("3.0", "3.0.3"), ("3.1", "3.1.0")]
+)
+def test_openapi3_of_each_deployment(call, version, openapi):
+    for name in DEPLOYMENT_NAMES:
+        document = swagger(call, name, f"?version={version}").json()
+        assert document["openapi"] == openapi
+        assert "swagger" not in document and "definitions" not in document
+        score = document["paths"]["/score"]["post"]
+        assert score["requestBody"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ServiceInput"
+        }
+        assert score["responses"]["200"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ServiceOutput"
+        }
+        health = document["paths"]["/"]["get"]["responses"]["200"]["content"]
+        assert health["text/plain"]["schema"] == {"type": "string", "example": "Healthy"}
+        assert document["components"]["securitySchemes"]["Bearer"]["in"] == "header"
+        swagger2 = swagger(call, name).json()["definitions"]
+        schemas = document["components"]["schemas"]
+        assert {key: schemas[key] for key in swagger2} == swagger2
+
+
+def test_v1_service_swagger(call):
+    document = swagger(call, path="/api/v1/service/nyc-taxi-fare/swagger.json").json()
+    assert document["swagger"] == "2.0"
+    assert list(document["paths"]) == [
+        "/api/v1/service/nyc-taxi-fare/",
+        "/api/v1/service/nyc-taxi-fare/score",
+        "/api/v1/service/nyc-taxi-fare/swagger.json",
+    ]
+    assert "Inputs" in document["definitions"]["ServiceInput"]["properties"]
+    assert "x-azureml-deployments" not in document
+    openapi = swagger(call, path="/api/v1/service/diabetes/swagger.json", query="?version=3")
+    assert openapi.json()["openapi"] == "3.0.3"
+    assert "/api/v1/service/diabetes/score" in openapi.json()["paths"]
+
+
+def test_swagger_errors_are_404(call):
+    reply = swagger(call, "nope")
+    assert reply.status == 404
+    assert "nope" in reply.json()["message"]
+    reply = swagger(call, path="/api/v1/service/nope/swagger.json")
+    assert (reply.status, reply.json()["message"].startswith('service "nope"')) == (404, True)
+    reply = swagger(call, "diabetes", "?version=4")
+    assert reply.status == 404
+    assert reply.json() == {
+        "message": "Swagger version [4] is not valid. Supported versions: [2, 3, 3.1]."
+    }
+
+
+@pytest.mark.parametrize("name", DEPLOYMENT_NAMES)
+def test_each_swagger_example_scores(call, name):
+    """A client that builds its request from the swagger's example is answered."""
+    example = swagger(call, name).json()["definitions"]["ServiceInput"]["example"]
+    reply = call("POST", "/score", example, {**AUTH, "azureml-model-deployment": name})
+    assert reply.status == 200, reply.body
+    assert reply.headers["azureml-model-deployment"] == name
+
+
+def test_stream_analytics_requests_both_forms(call):
+    expected = [17.5, 28.0]  # $2.50 + $2.50 a mile + 50¢ tax, before 4 pm
+    reply = taxi(call, ASA_FRAME)
+    assert reply.status == 200, reply.body
+    rows = reply.json()["Results"]["WebServiceOutput0"]
+    assert rows == [
+        {**row, "Scored Labels": fare}
+        for row, fare in zip(ASA_FRAME["Inputs"]["WebServiceInput0"], expected, strict=True)
+    ]
+    reply = taxi(
+        call, {**ASA_ARRAYS, "GlobalParameters": {}}, "/api/v1/service/nyc-taxi-fare/score"
+    )
+    assert reply.status == 200, reply.body
+    rows = reply.json()["Results"]["WebServiceOutput0"]
+    assert [list(row) for row in rows] == [[*TAXI_COLUMNS, "Scored Labels"]] * 2
+    assert [row["Scored Labels"] for row in rows] == expected
+    assert rows[1]["weekday"] == "Wed"
+
+
+@pytest.mark.parametrize(
+    ("row", "fare"),
+    [
+        (["1", "Fri", "17", "1", "1"], 6.5),  # weekday peak, 4 pm to 8 pm
+        (["1", "Saturday", "17", "1", "1"], 5.5),  # no peak at weekends
+        ([2, "sun", 22, 3, 1.0], 6.0),  # overnight; numbers as JSON numbers
+        (["1", "Mon", "5", "1", "0"], 3.5),
+    ],
+)
+def test_taxi_fare_follows_the_tariff(call, row, fare):
+    reply = taxi(call, {"Inputs": {"WebServiceInput0": [row]}})
+    assert reply.status == 200, reply.body
+    assert reply.json()["Results"]["WebServiceOutput0"][0]["Scored Labels"] == fare
+
+
+GOOD_ROW = {
+    "vendorid": "1",
+    "weekday": "Mon",
+    "pickuphour": "12",
+    "passenger": "1",
+    "distance": "5.8",
+}
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"input_data": [[1, 2]]}, "A value is not provided for the 'Inputs' parameter"),
+        ([GOOD_ROW], "POST body should be a JSON dictionary"),
+        ({"Inputs": {"input1": [GOOD_ROW]}}, 'the one key "WebServiceInput0"'),
+        ({"Inputs": {"WebServiceInput0": GOOD_ROW}}, '"WebServiceInput0" must be a list of rows'),
+        ({"Inputs": {"WebServiceInput0": []}, "GlobalParameters": 1}, '"GlobalParameters" must'),
+        (
+            {
+                "Inputs": {
+                    "WebServiceInput0": [{k: v for k, v in GOOD_ROW.items() if k != "distance"}]
+                }
+            },
+            'row 0: missing "distance"; expected the columns vendorid, weekday, pickuphour',
+        ),
+        (
+            {"Inputs": {"WebServiceInput0": [GOOD_ROW, {**GOOD_ROW, "fare": "3"}]}},
+            'row 1: unexpected "fare"; expected the columns',
+        ),
+        (
+            {"Inputs": {"WebServiceInput0": [["1", "Mon", "12", "1"]]}},
+            "row 0: expected an object with the columns vendorid, weekday, pickuphour, passenger,"
+            ' distance or an array of their 5 values in that order, got ["1", "Mon", "12", "1"]',
+        ),
+        ({"Inputs": {"WebServiceInput0": ["1,Mon,12,1,5.8"]}}, "row 0: expected an object"),
+        (
+            {"Inputs": {"WebServiceInput0": [{**GOOD_ROW, "weekday": 1}]}},
+            'row 0, column "weekday": expected a day such as "Mon" or "Monday", got 1',
+        ),
+        (
+            {"Inputs": {"WebServiceInput0": [{**GOOD_ROW, "distance": "far"}]}},
+            'row 0, column "distance": expected a distance in miles such as "5.8", got "far"',
+        ),
+        ({"Inputs": {"WebServiceInput0": [{**GOOD_ROW, "pickuphour": "25"}]}}, '"pickuphour"'),
+        ({"Inputs": {"WebServiceInput0": [{**GOOD_ROW, "passenger": True}]}}, '"passenger"'),
+        ({"Inputs": {"WebServiceInput0": [{**GOOD_ROW, "passenger": "1.5"}]}}, '"passenger"'),
+        ({"Inputs": {"WebServiceInput0": [{**GOOD_ROW, "vendorid": None}]}}, '"vendorid"'),
+        ({"Inputs": {"WebServiceInput0": [{**GOOD_ROW, "distance": "-1"}]}}, '"distance"'),
+        ({"Inputs": {"WebServiceInput0": [{**GOOD_ROW, "distance": "nan"}]}}, '"distance"'),
+    ],
+)
+def test_stream_analytics_deployment_400s(call, payload, message):
+    reply = taxi(call, payload)
+    assert reply.status == 400
+    assert message in reply.json()["message"]
+
+
+def test_row_deployments_reject_the_designer_shape(call):
+    reply = call("POST", "/api/v1/service/diabetes/score", ASA_FRAME, AUTH)
+    assert reply.status == 400
+    assert '"input_data" (or "data")' in reply.json()["message"]
+
+
+def test_concurrent_requests_are_counted():
+    """Requests on different connections overlap, and /_sim/in_flight says how many did."""
+    headers = {**AUTH, "azureml-model-deployment": "nyc-taxi-fare"}
+    with AzureMLSimulator(keys=[KEY], latency_ms=300) as sim:
+        control = connect(sim.url)
+        assert send(control, "DELETE", "/_sim/in_flight").status == 200
+        conns = [connect(sim.url) for _ in range(4)]
+        statuses = []
+
+        def request(conn: http.client.HTTPConnection) -> None:
+            statuses.append(send(conn, "POST", "/score", ASA_ARRAYS, headers).status)
+
+        threads = [threading.Thread(target=request, args=(conn,)) for conn in conns]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert statuses == [200] * 4
+        counts = send(control, "GET", "/_sim/in_flight").json()
+        assert counts == {"in_flight": 0, "max_in_flight": 4, "served": 4, "connections": 4}
+        for conn in [control, *conns]:
+            conn.close()
 
 
 def test_housing_is_the_published_ols_fit(call):

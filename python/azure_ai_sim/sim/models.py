@@ -1,8 +1,9 @@
-"""The models behind the simulated deployments: linear models predicted in plain Python.
+"""The models behind the simulated deployments, predicted in plain Python.
 
-A real deployment runs a scoring script around a trained model. Here every model is an
-intercept and coefficients, so a prediction costs microseconds and no numpy or scikit-learn
-call per request; a model that must be trained is trained once per process, on first use.
+A real deployment runs a scoring script around a trained model. Here a model is an intercept
+and coefficients, or a published tariff, so a prediction costs microseconds and no numpy or
+scikit-learn call per request; a model that must be trained is trained once per process, on
+first use.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import math
 import operator
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 Fit = Callable[[], "tuple[float, Sequence[float]]"]
 
@@ -106,3 +108,33 @@ def _fit_diabetes() -> tuple[float, Sequence[float]]:
 
 DIABETES_FEATURES = ("age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6")
 DIABETES = LinearModel(DIABETES_FEATURES, _fit_diabetes)
+
+
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+@dataclass(frozen=True)
+class TaxiTrip:
+    """A row of Azure Stream Analytics' Machine Learning example: a New York taxi trip."""
+
+    vendorid: str
+    weekday: int  # an index in WEEKDAYS
+    pickuphour: int
+    passenger: int
+    distance: float  # miles
+
+
+def taxi_fare(trip: TaxiTrip) -> float:
+    """The metered fare of a New York yellow cab under the 2012-2022 TLC tariff.
+
+    Stream Analytics' example model was trained on such trips; the tariff itself makes a
+    prediction anyone can check by hand: $2.50 on entry, $2.50 a mile, the 50¢ MTA tax, 50¢
+    from 8 pm to 6 am, and $1 on weekdays from 4 pm to 8 pm. Vendor and passengers do not
+    change a metered fare.
+    """
+    fare = 2.50 + 2.50 * trip.distance + 0.50
+    if trip.pickuphour >= 20 or trip.pickuphour < 6:
+        fare += 0.50
+    elif trip.pickuphour >= 16 and trip.weekday < 5:
+        fare += 1.00
+    return round(fare, 2)
