@@ -22,6 +22,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev,sim,models]'
 	touch $@
 
+# Microsoft's Azure ML inference server, a real scoring server for the tests
+# (tests/inference_server), in a venv of its own: its pins clash with ours (wrapt).
+INFERENCE_VENV := $(HOME)/.cache/azure_ai_sim/inference-venv
+$(INFERENCE_VENV)/.installed:
+	/usr/bin/python3 -m venv $(INFERENCE_VENV)
+	$(INFERENCE_VENV)/bin/pip install --quiet --disable-pip-version-check \
+	    azureml-inference-server-http==1.5.1 'inference-schema[numpy-support,pandas-support]==1.8' \
+	    numpy==2.4.6
+	touch $@
+
 demo: install $(VENV)/.installed
 	$(PYTHON) tests/demo.py
 
@@ -35,7 +45,7 @@ lint: $(VENV)/.installed
 test: test-here test-pg17 test-docker
 
 .PHONY: test-here test-pg17 test-docker docker docker-test
-test-here: install lint
+test-here: install lint $(INFERENCE_VENV)/.installed
 	$(PYTHON) -m pytest tests --ignore=tests/bench
 
 test-pg17:
@@ -46,14 +56,14 @@ test-pg17:
 	    extension/chroot.sh trixie test-here; \
 	fi
 
-test-docker: $(VENV)/.installed
+test-docker: $(VENV)/.installed $(INFERENCE_VENV)/.installed
 	PYTHON=$(PYTHON) docker/test.sh --or-skip
 
 # The images of docker/Dockerfile (the database, the simulators), and the suite against them.
 docker:
 	docker/build.sh
 
-docker-test: $(VENV)/.installed
+docker-test: $(VENV)/.installed $(INFERENCE_VENV)/.installed
 	PYTHON=$(PYTHON) docker/test.sh
 
 bench: install $(VENV)/.installed

@@ -676,11 +676,26 @@ check_execute(Oid function)
 }
 
 /*
+ * Whether the rows of a function share requests of up to 1,000 rows, each costing about
+ * what one row's does: SageMaker's multi-record CSV, and azure_ml.score's.
+ */
+static bool
+shares_requests(Oid function)
+{
+	char	   *schema = get_namespace_name(get_func_namespace(function));
+	char	   *name = get_func_name(function);
+
+	return schema != NULL && name != NULL &&
+		((strcmp(schema, "aws_sagemaker") == 0 && strcmp(name, "invoke_endpoint") == 0) ||
+		 (strcmp(schema, "azure_ml") == 0 && strcmp(name, "score") == 0));
+}
+
+/*
  * Rows a batch gathers: azure_ai_sim.batch_size if set, else the smallest choice of the
- * node's functions. A SageMaker request takes up to 1,000 rows for about the cost of one,
- * so its batch fills every request in flight (max_parallel_requests of 1,000 rows); the
- * other functions cost per row or per few rows, and take 1,000, which keeps the
- * parallel requests busy while bounding what a LIMIT that stops early has paid for.
+ * node's functions. A function whose rows share requests fills every request in flight
+ * (max_parallel_requests of 1,000 rows); the others cost per row or per few rows, and
+ * take 1,000, which keeps the parallel requests busy while bounding what a LIMIT that
+ * stops early has paid for.
  */
 static int
 rows_per_batch(List *calls)
@@ -694,7 +709,8 @@ rows_per_batch(List *calls)
 	{
 		BatchCall  *call = lfirst(lc);
 
-		rows = Min(rows, call->shim ? max_parallel_requests * 1000 : 1000);
+		rows = Min(rows, shares_requests(call->call->funcid) ?
+				   max_parallel_requests * 1000 : 1000);
 	}
 	return rows;
 }
@@ -1203,7 +1219,8 @@ azure_ai_sim_batch_init(void)
 	DefineCustomIntVariable("azure_ai_sim.batch_size",
 							"Rows gathered into one batch of per-row ML calls.",
 							"0 lets each function choose: 1000 rows, or for "
-							"aws_sagemaker.invoke_endpoint 1000 per parallel request. "
+							"aws_sagemaker.invoke_endpoint and azure_ml.score 1000 "
+							"per parallel request. "
 							"A batch also ends once its rows take work_mem.",
 							&batch_size, 0, 0, 100000, PGC_USERSET, 0,
 							NULL, NULL, NULL);

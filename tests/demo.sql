@@ -27,6 +27,21 @@ SELECT name, round((azure_ml.invoke(jsonb_build_object('input_data', jsonb_build
        AS median_house_value
 FROM blocks ORDER BY name;
 
+-- The same per row with azure_ml.score: the row's input alone; the request (here the
+-- pandas "split" form, with the columns) comes from the deployment's swagger.
+SELECT name, round((azure_ml.score(features, deployment_name => 'Housingprediction'))::numeric, 2)
+       AS median_house_value
+FROM blocks ORDER BY name;
+
+-- Azure Stream Analytics' machine-learning example rows, as it sends them: its createArray
+-- form and its DataFrame form (a row of a table, its columns by name).
+SELECT azure_ml.score(ARRAY['1', 'Mon', '12', '1', '5.8'], deployment_name => 'nyc-taxi-fare')
+       ->> 'Scored Labels' AS fare;
+CREATE TEMP TABLE trips (vendorid text, weekday text, pickuphour text, passenger text, distance text);
+INSERT INTO trips VALUES ('1', 'Mon', '12', '1', '5.8'), ('2', 'Tue', '10', '2', '10');
+SELECT t.*, azure_ml.score(t, deployment_name => 'nyc-taxi-fare') ->> 'Scored Labels' AS fare
+FROM trips t;
+
 -- A failed call with throw_on_error => false: NULL and a WARNING, the transaction goes on.
 SELECT azure_ml.invoke('{"input_data": [[1,2,3]]}', throw_on_error => false) IS NULL AS failed;
 

@@ -39,7 +39,9 @@ def test_an_array_is_one_row_of_the_request(conn, azureml):
     ).fetchone()
     assert prediction == pytest.approx(HOUSING.predict([HOUSING_ROWS[1]])[0])
     (request,) = scoring_requests(azureml)
-    assert json.loads(request["body"]) == {"input_data": [HOUSING_ROWS[1]]}
+    # the swagger's pandas "split" form, with its columns
+    split = {"columns": list(HOUSING.features), "index": [0], "data": [HOUSING_ROWS[1]]}
+    assert json.loads(request["body"]) == {"input_data": split}
 
 
 def test_a_table_is_scored_in_shared_requests_equal_to_per_row_invoke(conn, azureml):
@@ -63,7 +65,8 @@ def test_a_table_is_scored_in_shared_requests_equal_to_per_row_invoke(conn, azur
     assert scored == invoked
     azureml.recorded.clear()
     conn.execute(query.replace("features)", "features, max_batch_count => 7)")).fetchall()
-    sizes = sorted(len(json.loads(r["body"])["input_data"]) for r in scoring_requests(azureml))
+    requests = scoring_requests(azureml)
+    sizes = sorted(len(json.loads(r["body"])["input_data"]["data"]) for r in requests)
     assert sizes == [2, 7, 7, 7, 7]  # in parallel: in any order
 
 
@@ -85,12 +88,43 @@ def test_the_v1_data_shape_by_setting(conn, azureml):
 def test_inputs_that_fit_no_row_are_refused_before_sending(conn, azureml):
     for value, message in [
         ("'\"x\"'", "input_data must be a row, an array or a JSON object, not a JSON string"),
-        ("'{\"a\": 1}'", "input_data is a row or an object, but the endpoint's swagger names"),
+        ("'{\"a\": 1}'", "input_data does not match the endpoint's columns (MedInc, HouseAge,"),
+        ("ARRAY[1, 2]", "input_data has 2 values; the endpoint takes 8 (MedInc, HouseAge,"),
+        ("ARRAY['1', '2', '3', '4', '5', '6', '7', '8']", 'input_data\'s MedInc is "1";'),
     ]:
         with pytest.raises(psycopg.errors.InvalidParameterValue) as caught:
             conn.execute(f"SELECT azure_ml.score({value})")
         assert caught.value.diag.message_primary.startswith(f"azure_ml.score: {message}")
     assert scoring_requests(azureml) == []
+
+
+# Stream Analytics' example rows ("Integrate Azure Stream Analytics with Azure Machine
+# Learning"), for its designer-style deployment: the createArray form and the DataFrame form.
+TAXI = "deployment_name => 'nyc-taxi-fare'"
+
+
+def test_stream_analytics_rows_as_arrays_and_as_a_table(conn, azureml):
+    (fare,) = conn.execute(
+        f"SELECT azure_ml.score(ARRAY['1', 'Mon', '12', '1', '5.8'], {TAXI})"
+    ).fetchone()
+    assert fare["Scored Labels"] == 17.5
+    (request,) = scoring_requests(azureml)
+    assert json.loads(request["body"]) == {
+        "Inputs": {"WebServiceInput0": [
+            {"vendorid": "1", "weekday": "Mon", "pickuphour": "12", "passenger": "1",
+             "distance": "5.8"},
+        ]},
+        "GlobalParameters": {},
+    }  # fmt: skip
+    conn.execute(
+        "CREATE TEMP TABLE trips (vendorid text, weekday text, pickuphour text,"
+        " passenger text, distance text)"
+    )
+    conn.execute("INSERT INTO trips VALUES ('1', 'Mon', '12', '1', '5.8'), ('2', 'Tue', '10',"
+                 " '2', '10')")  # fmt: skip
+    fares = conn.execute(f"SELECT azure_ml.score(t, {TAXI}) ->> 'Scored Labels' FROM trips t")
+    assert [float(row[0]) for row in fares] == [17.5, 28.0]
+    assert len(scoring_requests(azureml)) == 2  # the table's two rows in one request
 
 
 def test_a_prediction_count_that_does_not_match_is_an_error(conn, azureml):
@@ -149,3 +183,46 @@ def test_the_swagger_is_fetched_once_and_again_for_another_endpoint(conn, azurem
     )
     conn.execute("SELECT azure_ml.score(ARRAY[1,2,3,4,5,6,7,8])")
     assert azureml.served == served + 3  # the new endpoint's swagger, then the scoring
+
+
+# --- against Microsoft's inference server, whose swagger inference-schema generates -------
+
+
+@pytest.fixture(scope="module")
+def inference_url():
+    from inference_server import SCORE_SCRIPT, inference_server, server_python
+
+    python, reason = server_python()
+    if python is None:
+        pytest.fail(f"the inference server's venv is missing (make test installs it): {reason}")
+    with inference_server(SCORE_SCRIPT, python=python) as url:
+        yield url
+
+
+def test_a_table_row_maps_to_the_swagger_columns_of_a_real_inference_server(conn, inference_url):
+    """Stream Analytics' taxi example: a row of a typed table, its fields by name, sent in
+    the records form the server's swagger declares; then a row that does not fit."""
+    conn.execute("SELECT azure_ai.set_setting('azure_ml.scoring_endpoint', %s)",
+                 (inference_url + "/score",))  # fmt: skip
+    conn.execute(
+        "CREATE TEMP TABLE trips (vendorid int, weekday text, pickuphour int, passenger int,"
+        " distance float8)"
+    )
+    conn.execute("INSERT INTO trips VALUES (1, 'Mon', 12, 1, 5.8), (2, 'Tue', 10, 2, 10)")
+    fares = [row[0] for row in conn.execute("SELECT azure_ml.score(t) FROM trips t")]
+    assert fares == pytest.approx([3 + 2.5 * 5.8, 3 + 2.5 * 10 + 0.5 + 0.25])
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as caught:
+        conn.execute("SELECT azure_ml.score(ROW(1, 'Mon', 12)::record)")
+    assert caught.value.diag.message_primary == (
+        "azure_ml.score: input_data does not match the endpoint's columns (vendorid, weekday,"
+        " pickuphour, passenger, distance): missing vendorid, weekday, pickuphour, passenger,"
+        " distance; not a column: f1, f2, f3"
+    )
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as caught:
+        conn.execute(
+            'SELECT azure_ml.score(\'{"vendorid": 1, "weekday": "Mon", "pickuphour":'
+            ' "noon", "passenger": 1, "distance": 5.8}\')'
+        )
+    assert caught.value.diag.message_primary == (
+        'azure_ml.score: input_data\'s pickuphour is "noon"; the endpoint takes a integer'
+    )

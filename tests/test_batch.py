@@ -119,8 +119,10 @@ def test_each_function_chooses_its_batch_size_unless_the_setting_does(conn):
         " deployment_name => 'Housingprediction')"
     )
     assert batch_lines(conn, sentiment) == [(3, 500.0, 1000.0)]
-    # SageMaker: 1,000 rows for each request in flight
+    # SageMaker and azure_ml.score: 1,000 rows for each request in flight
     assert batch_lines(conn, csv) == [(1, 2500.0, 2500.0)]
+    scored = "SELECT azure_ml.score(ARRAY[g, 2, 3, 4, 5, 6, 7, 8]) FROM generate_series(1, 2500) g"
+    assert batch_lines(conn, scored) == [(1, 2500.0, 2500.0)]
     conn.execute("SET azure_ai_sim.max_parallel_requests = 2")
     try:
         assert batch_lines(conn, csv) == [(2, 500.0, 2000.0)]

@@ -13,7 +13,9 @@ def test_demo_runs_and_prints_results(server, database, azureml):
     assert result.returncode == 0, output
     first, second = HOUSING.predict([[1, 2, 3, 4, 5, 6, 7, 8], [-1, -2, -3, -4, -5, -6, -7, -8]])
     assert f" {first}\n" in output and f" {second}\n" in output  # jsonb_array_elements rows
-    assert re.search(r"^ Berkeley hills \| +\d+\.\d\d$", output, re.MULTILINE)
+    assert len(re.findall(r"^ Berkeley hills \| +\d+\.\d\d$", output, re.MULTILINE)) == 2
+    assert re.search(r"^ 17\.5$", output, re.MULTILINE)  # Stream Analytics' createArray row
+    assert re.search(r"^ 2 +\| Tue +\| 10 +\| 2 +\| 10 +\| 28\.0$", output, re.MULTILINE)
     assert "WARNING:  azure_ml.invoke: HTTP 424" in output
     assert " managed-identity" in output
     assert re.search(r"^ +384$", output, re.MULTILINE)  # the embedding's dimensions

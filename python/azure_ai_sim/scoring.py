@@ -16,9 +16,11 @@ from azure_ai_sim import aws, azure_ml, errors, pg, redaction, transport
 FORMATS = ("input_data", "input_data_split", "data", "web_service")
 # What a swagger type takes, as JSON decodes it (a bool is no number here).
 JSON_TYPES = {"number": (int, float), "integer": (int,), "string": (str,), "boolean": (bool,)}
-# Rows per request when max_batch_count is NULL: at most this many, and at most this much.
+# Rows per request when max_batch_count is NULL: at most this many and this much, and
+# spread over the parallel requests, at least ROWS_PER_REQUEST_SPREAD each.
 MAX_BATCH_ROWS = 1000
 MAX_BATCH_BYTES = 1024 * 1024
+ROWS_PER_REQUEST_SPREAD = 100
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class Shape:
     columns: tuple[tuple[str, str], ...] = ()
     input_name: str = "WebServiceInput0"
     output_name: str = "WebServiceOutput0"
+    records: bool = False  # each row an object by column name (pandas "records")
 
     def row(self, value: Any) -> list[Any] | dict[str, Any]:
         """One row's input, checked against the columns before anything is sent: an
@@ -36,7 +39,7 @@ class Shape:
         names = [name for name, _ in self.columns]
         if isinstance(value, dict):
             if not self.columns:
-                if self.format == "web_service":
+                if self.records:
                     return value
                 raise errors.InvalidParameter(
                     "input_data is a row or an object, but the endpoint's swagger names no "
@@ -76,7 +79,7 @@ class Shape:
                 raise errors.InvalidParameter(
                     f"input_data's {name} is {json.dumps(item)}; the endpoint takes a {kind}"
                 )
-        if self.format == "web_service" and self.columns:
+        if self.records and self.columns:
             return dict(zip(names, values, strict=True))
         return values
 
@@ -112,29 +115,42 @@ class Shape:
 
 def shape_of(document: Any) -> Shape:
     """The request shape a swagger (2.0, or OpenAPI 3) describes for POST .../score."""
-    body = _body_schema(document)
+    body = _resolved(document, _body_schema(document))
     properties = body.get("properties") or {}
     if "Inputs" in properties:
-        inputs = properties["Inputs"].get("properties") or {}
+        inputs = _resolved(document, properties["Inputs"]).get("properties") or {}
         input_name = next(iter(inputs), "WebServiceInput0")
         output_name = next(iter(_results(document)), "WebServiceOutput0")
-        columns = _columns(inputs.get(input_name, {}).get("items") or {})
-        return Shape("web_service", columns, input_name, output_name)
+        rows = _resolved(document, _resolved(document, inputs.get(input_name, {})).get("items"))
+        return Shape("web_service", _columns(rows), input_name, output_name, records=True)
     for key in ("input_data", "data"):
         if key in properties:
-            schema = properties[key]
-            split = schema.get("type") == "object" or "columns" in (schema.get("properties") or {})
-            if split:
-                columns = tuple(
-                    (name, "") for name in (schema.get("example") or {}).get("columns", [])
-                )
-                return Shape("input_data_split", columns)
-            return Shape(key, _columns(schema.get("items") or {}))
+            schema = _resolved(document, properties[key])
+            if "columns" in (schema.get("properties") or {}):  # pandas "split"
+                example = schema.get("example") or (body.get("example") or {}).get(key) or {}
+                data = _resolved(document, schema["properties"].get("data"))
+                kind = _resolved(document, _resolved(document, data.get("items")).get("items"))
+                names = example.get("columns") or []
+                return Shape("input_data_split", tuple((n, kind.get("type", "")) for n in names))
+            rows = _resolved(document, schema.get("items"))
+            return Shape(key, _columns(rows), records=rows.get("type") == "object")
     raise errors.InvalidResponse(
         "the endpoint's swagger describes no request shape azure_ml.score knows (input_data, "
         "data, Inputs)",
         hint="Set azure_ml.request_format to one of: " + ", ".join(FORMATS) + ".",
     )
+
+
+def _resolved(document: Any, schema: Any) -> dict[str, Any]:
+    """A schema, its local $ref (#/definitions/..., #/components/schemas/...) followed."""
+    for _ in range(10):  # a chain of references; a loop is not followed forever
+        if not isinstance(schema, dict) or "$ref" not in schema:
+            break
+        target: Any = document
+        for part in str(schema["$ref"]).removeprefix("#/").split("/"):
+            target = target.get(part) if isinstance(target, dict) else None
+        schema = target
+    return schema if isinstance(schema, dict) else {}
 
 
 def _body_schema(document: Any) -> dict[str, Any]:
@@ -157,7 +173,8 @@ def _results(document: Any) -> dict[str, Any]:
         operation = next(p["post"] for n, p in document["paths"].items() if n.endswith("/score"))
         ok = operation["responses"]["200"]
         schema = ok.get("schema") or ok["content"]["application/json"]["schema"]
-        return schema["properties"]["Results"]["properties"]
+        schema = _resolved(document, schema)
+        return _resolved(document, schema["properties"]["Results"]).get("properties") or {}
     except (KeyError, TypeError, StopIteration):
         return {}
 
@@ -192,7 +209,7 @@ def shape_for(call: azure_ml._Call, secret: str | None) -> Shape:
     once per backend, endpoint and deployment)."""
     configured = call.settings.get("azure_ml.request_format")
     if configured:
-        return Shape(configured)
+        return Shape(configured, records=configured == "web_service")
     url = swagger_url(call.settings, call.endpoint)
     key = (url, call.deployment_name, call.endpoint)
     if key not in _shapes:
@@ -257,31 +274,43 @@ def _score(
     max_batch_count: list[int | None],
 ) -> list[str | None]:
     """Many rows scored: the rows of one deployment and the same retry arguments share a
-    request, up to max_batch_count rows (NULL: up to 1,000 rows or 1 MB), the requests
-    several at once. A failing request fails each of its rows: with throw_on_error false
-    they are NULL with a WARNING each; otherwise the first of them raises."""
+    request, up to max_batch_count rows (NULL: up to 1,000 rows or 1 MB, spread over the
+    parallel requests, at least 100 rows each), the requests several at once. A failing
+    request fails each of its rows: with throw_on_error false they are NULL with a
+    WARNING each; otherwise the first of them raises."""
     batch = aws.RowBatch(
         input_data, timeout_ms, throw_on_error, deployment_name, max_attempts, retry_delay_ms,
         max_batch_count,
     )  # fmt: skip
     secrets: dict[str | None, str | None] = {}
+    shapes: dict[str | None, Shape | errors.Error] = {}
 
-    def checked(value, deployment, timeout, attempts, delay, most):
+    warnings: dict[int, errors.Error] = {}
+
+    def checked(row, value, deployment, timeout, attempts, delay, most):
         call = azure_ml._call(value, timeout, deployment, attempts, delay)
         if call is None:
             return None
         if most is not None and most < 1:
             raise errors.InvalidParameter(f"max_batch_count must be at least 1, not {most}")
-        if deployment not in secrets:
-            secrets[deployment] = azure_ml._credential(call.settings, call.timing.deadline())
-        shape = shape_for(call, secrets[deployment])
+        if deployment not in shapes:  # once per batch, even when it fails
+            try:
+                secrets[deployment] = azure_ml._credential(call.settings, call.timing.deadline())
+                shapes[deployment] = shape_for(call, secrets[deployment])
+            except errors.Error as failure:
+                shapes[deployment] = failure
+        shape = shapes[deployment]
+        if isinstance(shape, errors.CallFailed) and throw_on_error[row] is False:
+            warnings[row] = shape  # the swagger's request is the row's call that failed
+            return None
+        if isinstance(shape, errors.Error):
+            raise shape
         return call, shape, shape.row(json.loads(value))
 
     rows = batch.prepare(
-        checked, input_data, deployment_name, timeout_ms, max_attempts, retry_delay_ms,
-        max_batch_count,
+        checked, range(len(input_data)), input_data, deployment_name, timeout_ms, max_attempts,
+        retry_delay_ms, max_batch_count,
     )  # fmt: skip
-    warnings: dict[int, errors.Error] = {}
 
     def failed(chunk: list[int], failure: errors.Error) -> None:
         for row in chunk:
@@ -301,7 +330,9 @@ def _score(
         arguments = (deployment_name[row], timeout_ms[row], max_attempts[row], retry_delay_ms[row])
         groups.setdefault(arguments, []).append(row)
     for group in groups.values():
-        for chunk in _chunks(group, rows, max_batch_count):
+        spread = -(-len(group) // transport.max_parallel_requests())
+        most = min(MAX_BATCH_ROWS, max(spread, ROWS_PER_REQUEST_SPREAD))
+        for chunk in _chunks(group, rows, max_batch_count, most):
             call, shape, _ = rows[chunk[0]]
             payload = shape.payload([rows[row][2] for row in chunk])
             request = azure_ml._Call(
@@ -323,14 +354,14 @@ def _score(
 
 
 def _chunks(
-    group: list[int], rows: dict[int, Any], max_batch_count: list[int | None]
+    group: list[int], rows: dict[int, Any], max_batch_count: list[int | None], default: int
 ) -> list[list[int]]:
     """The rows of a group, in order, in requests of at most max_batch_count rows (NULL:
-    MAX_BATCH_ROWS, and MAX_BATCH_BYTES of their inputs)."""
+    default, and MAX_BATCH_BYTES of their inputs)."""
     chunks: list[list[int]] = []
     size = 0
     for row in group:
-        most = max_batch_count[row] or MAX_BATCH_ROWS
+        most = max_batch_count[row] or default
         row_size = len(json.dumps(rows[row][2]))
         if not chunks or len(chunks[-1]) >= most or size + row_size > MAX_BATCH_BYTES:
             chunks.append([])
