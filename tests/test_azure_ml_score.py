@@ -70,12 +70,13 @@ def test_a_table_is_scored_in_shared_requests_equal_to_per_row_invoke(conn, azur
     assert sizes == [2, 7, 7, 7, 7]  # in parallel: in any order
 
 
-def test_the_v1_data_shape_by_setting(conn, azureml):
+@pytest.mark.parametrize("setting", [None, "data"])
+def test_the_v1_data_shape_from_the_services_swagger_or_a_setting(conn, azureml, setting):
     conn.execute(
         "SELECT azure_ai.set_setting('azure_ml.scoring_endpoint', %s)",
         (azureml.url + "/api/v1/service/diabetes/score",),
     )
-    conn.execute("SELECT azure_ai.set_setting('azure_ml.request_format', 'data')")
+    conn.execute("SELECT azure_ai.set_setting('azure_ml.request_format', %s)", (setting,))
     rows = conn.execute(
         "SELECT azure_ml.score(r::float8[]) FROM jsonb_array_elements(%s) e,"
         " LATERAL (SELECT array_agg(x::float8) FROM jsonb_array_elements_text(e) x) a(r)",

@@ -6,6 +6,7 @@ of a batch share requests, and the answers go back to them by position."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from azure_ai_sim import aws, azure_ml, errors, pg, redaction, transport
 
 FORMATS = ("input_data", "input_data_split", "data", "web_service")
 # What a swagger type takes, as JSON decodes it (a bool is no number here).
-JSON_TYPES = {"number": (int, float), "integer": (int,), "string": (str,), "boolean": (bool,)}
+JSON_TYPES = {"number": {int, float}, "integer": {int}, "string": {str}, "boolean": {bool}}
 # Rows per request when max_batch_count is NULL: at most this many and this much, and
 # spread over the parallel requests, at least ROWS_PER_REQUEST_SPREAD each.
 MAX_BATCH_ROWS = 1000
@@ -33,10 +34,23 @@ class Shape:
     output_name: str = "WebServiceOutput0"
     records: bool = False  # each row an object by column name (pandas "records")
 
+    @functools.cached_property
+    def _names(self) -> list[str]:
+        return [name for name, _ in self.columns]
+
+    @functools.cached_property
+    def _typed(self) -> tuple[tuple[int, str, str, set[type]], ...]:
+        """The columns whose values are checked: position, name, type, Python types."""
+        return tuple(
+            (i, name, kind, JSON_TYPES[kind])
+            for i, (name, kind) in enumerate(self.columns)
+            if kind in JSON_TYPES
+        )
+
     def row(self, value: Any) -> list[Any] | dict[str, Any]:
         """One row's input, checked against the columns before anything is sent: an
         object maps to them by name, an array by position."""
-        names = [name for name, _ in self.columns]
+        names = self._names
         if isinstance(value, dict):
             if not self.columns:
                 if self.records:
@@ -67,15 +81,9 @@ class Shape:
                 "input_data must be a row, an array or a JSON object, not a JSON "
                 + type(value).__name__.replace("str", "string").replace("NoneType", "null")
             )
-        for (name, kind), item in zip(self.columns, values, strict=False):
-            accepted = JSON_TYPES.get(kind)
-            if (
-                item is not None
-                and accepted
-                and (
-                    isinstance(item, bool) != (kind == "boolean") or not isinstance(item, accepted)
-                )
-            ):
+        for i, name, kind, accepted in self._typed:
+            item = values[i]
+            if item is not None and type(item) not in accepted:
                 raise errors.InvalidParameter(
                     f"input_data's {name} is {json.dumps(item)}; the endpoint takes a {kind}"
                 )
@@ -287,10 +295,15 @@ def _score(
 
     warnings: dict[int, errors.Error] = {}
 
+    calls: dict[tuple, azure_ml._Call] = {}
+
     def checked(row, value, deployment, timeout, attempts, delay, most):
-        call = azure_ml._call(value, timeout, deployment, attempts, delay)
-        if call is None:
+        if value is None:
             return None
+        arguments = (deployment, timeout, attempts, delay)
+        if arguments not in calls:  # the same for every row with these arguments
+            calls[arguments] = azure_ml._call(value, timeout, deployment, attempts, delay)
+        call = calls[arguments]
         if most is not None and most < 1:
             raise errors.InvalidParameter(f"max_batch_count must be at least 1, not {most}")
         if deployment not in shapes:  # once per batch, even when it fails
@@ -305,7 +318,7 @@ def _score(
             return None
         if isinstance(shape, errors.Error):
             raise shape
-        return call, shape, shape.row(json.loads(value))
+        return call, shape, shape.row(json.loads(value)), value
 
     rows = batch.prepare(
         checked, range(len(input_data)), input_data, deployment_name, timeout_ms, max_attempts,
@@ -323,7 +336,10 @@ def _score(
     def finish(chunk: list[int], shape: Shape, response: transport.Response) -> None:
         predictions = shape.predictions(json.loads(azure_ml._json_text(response)), len(chunk))
         for row, prediction in zip(chunk, predictions, strict=True):
-            batch.results[row] = json.dumps(prediction)
+            # a float's repr is its JSON (the answer has no NaN: _json_text refuses it)
+            batch.results[row] = (
+                repr(prediction) if type(prediction) is float else json.dumps(prediction)
+            )
 
     groups: dict[tuple, list[int]] = {}
     for row in rows:
@@ -333,7 +349,7 @@ def _score(
         spread = -(-len(group) // transport.max_parallel_requests())
         most = min(MAX_BATCH_ROWS, max(spread, ROWS_PER_REQUEST_SPREAD))
         for chunk in _chunks(group, rows, max_batch_count, most):
-            call, shape, _ = rows[chunk[0]]
+            call, shape = rows[chunk[0]][:2]
             payload = shape.payload([rows[row][2] for row in chunk])
             request = azure_ml._Call(
                 payload.decode(), call.deployment_name, call.timing, call.settings, call.endpoint
@@ -362,7 +378,7 @@ def _chunks(
     size = 0
     for row in group:
         most = max_batch_count[row] or default
-        row_size = len(json.dumps(rows[row][2]))
+        row_size = len(rows[row][3])  # its input's JSON text
         if not chunks or len(chunks[-1]) >= most or size + row_size > MAX_BATCH_BYTES:
             chunks.append([])
             size = 0
