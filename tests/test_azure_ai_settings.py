@@ -11,6 +11,8 @@ VALID = {
     "azure_ml.auth_type": "managed-identity",
     "azure_ml.serverless_ranking_endpoint": "https://rank.example:8443/v1/rerank",
     "azure_ml.serverless_ranking_endpoint_key": "rank-key",
+    "azure_ml.swagger_uri": "https://x.example/swagger.json",
+    "azure_ml.request_format": "web_service",
     "azure_openai.endpoint": "https://example.openai.azure.com",
     "azure_openai.subscription_key": "0123456789abcdef",
     "azure_openai.auth_type": "subscription-key",
