@@ -70,6 +70,19 @@ def test_a_table_is_scored_in_shared_requests_equal_to_per_row_invoke(conn, azur
     assert sizes == [2, 7, 7, 7, 7]  # in parallel: in any order
 
 
+def test_outside_a_batchable_place_each_row_is_a_request_of_its_own(conn, azureml):
+    query = (
+        "SELECT g FROM generate_series(1, 4) g"
+        " WHERE (azure_ml.score(ARRAY[g, 2, 3, 4, 5, 6, 7, 8]) #>> '{}')::float8 > -40.5"
+    )
+    plan = [r[0] for r in conn.execute(f"EXPLAIN (COSTS OFF) {query}")]
+    assert not any("Batch" in line for line in plan)
+    predictions = HOUSING.predict([[g, 2, 3, 4, 5, 6, 7, 8] for g in range(1, 5)])
+    expected = [g for g, p in zip(range(1, 5), predictions, strict=True) if p > -40.5]
+    assert [row[0] for row in conn.execute(query)] == expected
+    assert len(scoring_requests(azureml)) == 4
+
+
 @pytest.mark.parametrize("setting", [None, "data"])
 def test_the_v1_data_shape_from_the_services_swagger_or_a_setting(conn, azureml, setting):
     conn.execute(
