@@ -1,4 +1,6 @@
-"""Rows of Azure's "consume a web service" doc: scikit-learn's diabetes features."""
+"""Rows of the docs: Azure's "consume a web service" (scikit-learn's diabetes features), and
+Azure Stream Analytics' "Integrate Azure Stream Analytics with Azure Machine Learning"
+(taxi trips, every value a string, as Stream Analytics sends them)."""
 
 DIABETES_ROWS = [
     [0.0199132141783263, 0.0506801187398187, 0.104808689473925, 0.0700725447072635,
@@ -8,3 +10,8 @@ DIABETES_ROWS = [
      0.0479653430750293, 0.0293746718291555, -0.0176293810234174, 0.0343088588777263,
      0.0702112981933102, 0.00720651632920303],
 ]  # fmt: skip
+
+TAXI_TRIPS = [
+    {"vendorid": "1", "weekday": "Mon", "pickuphour": "12", "passenger": "1", "distance": "5.8"},
+    {"vendorid": "2", "weekday": "Tue", "pickuphour": "10", "passenger": "2", "distance": "10"},
+]

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from inference_server import SCORE_SCRIPT, InferenceServerError, inference_server, server_python
+from samples import TAXI_TRIPS
 
 COLUMNS = {
     "vendorid": {"type": "integer", "format": "int64"},
@@ -29,24 +30,7 @@ COLUMNS = {
 }
 # The rows of Stream Analytics' DataFrame example request ("Integrate Azure Stream Analytics with
 # Azure Machine Learning"), sent as it sends them: every value a string.
-ARTICLE_REQUEST = {
-    "data": [
-        {
-            "vendorid": "1",
-            "weekday": "Mon",
-            "pickuphour": "12",
-            "passenger": "1",
-            "distance": "5.8",
-        },
-        {
-            "vendorid": "2",
-            "weekday": "Tue",
-            "pickuphour": "10",
-            "passenger": "2",
-            "distance": "10",
-        },
-    ]
-}
+ARTICLE_REQUEST = {"data": TAXI_TRIPS}
 # score.py's formula: 3 + 2.5*distance + 0.5*(passenger-1) (+1 weekend, +1 night, +0.25 vendor 2)
 ARTICLE_FARES = [3 + 2.5 * 5.8, 3 + 2.5 * 10 + 0.5 + 0.25]
 GENERIC_RUN_ERROR = "An unexpected error occurred in scoring script. Check the logs for more info."

@@ -19,7 +19,7 @@ import pytest
 
 from azure_ai_sim.sim import AzureMLSimulator, Fault
 from azure_ai_sim.sim.models import HOUSING_COEFFICIENTS, HOUSING_INTERCEPT
-from samples import DIABETES_ROWS
+from samples import DIABETES_ROWS, TAXI_TRIPS
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -116,26 +116,7 @@ TAXI_COLUMNS = ["vendorid", "weekday", "pickuphour", "passenger", "distance"]
 ASA_ARRAYS = {
     "Inputs": {"WebServiceInput0": [["1", "Mon", "12", "1", "5.8"], ["2", "Wed", "10", "2", "10"]]}
 }
-ASA_FRAME = {
-    "Inputs": {
-        "WebServiceInput0": [
-            {
-                "vendorid": "1",
-                "weekday": "Mon",
-                "pickuphour": "12",
-                "passenger": "1",
-                "distance": "5.8",
-            },
-            {
-                "vendorid": "2",
-                "weekday": "Tue",
-                "pickuphour": "10",
-                "passenger": "2",
-                "distance": "10",
-            },
-        ]
-    }
-}
+ASA_FRAME = {"Inputs": {"WebServiceInput0": TAXI_TRIPS}}
 
 
 def swagger(

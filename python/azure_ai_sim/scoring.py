@@ -255,23 +255,6 @@ def score(
     )[0]  # fmt: skip
 
 
-@pg.sql_function("azure_ml.score")
-def score_batch(
-    input_data: list[str | None],
-    timeout_ms: list[int | None],
-    throw_on_error: list[bool | None],
-    deployment_name: list[str | None],
-    max_attempts: list[int | None],
-    retry_delay_ms: list[int | None],
-    max_batch_count: list[int | None],
-) -> list[str | None]:
-    """score for many rows: see _score."""
-    return _score(
-        input_data, timeout_ms, throw_on_error, deployment_name, max_attempts, retry_delay_ms,
-        max_batch_count,
-    )  # fmt: skip
-
-
 def _score(
     input_data: list[str | None],
     timeout_ms: list[int | None],
@@ -369,6 +352,10 @@ def _score(
         if row < batch.limit:
             pg.warning(warnings[row], "azure_ml.score")
     return batch.outcome()
+
+
+# score for many rows: the batch form the batching node calls
+score_batch = pg.sql_function("azure_ml.score")(_score)
 
 
 def _chunks(

@@ -568,38 +568,54 @@ def _swagger2(deployment: Deployment, scheme: str, prefix: str) -> dict[str, Any
         "consumes": [JSON],
         "produces": [JSON],
         "securityDefinitions": {"Bearer": BEARER},
-        "paths": {
-            f"{prefix}/": {
-                "get": {
-                    "operationId": "ServiceHealthCheck",
-                    "description": HEALTH_CHECK,
-                    "responses": {"200": healthy, "default": failed},
-                }
-            },
-            f"{prefix}/score": {
-                "post": {
-                    "operationId": "RunMLService",
-                    "description": RUN,
-                    "security": [{"Bearer": []}],
-                    "parameters": [payload],
-                    "responses": {"200": scored, "default": failed},
-                }
-            },
-            f"{prefix}/swagger.json": {
-                "get": {
-                    "operationId": "GetSwaggerSpec",
-                    "description": "Get the Swagger specification.",
-                    "parameters": [version],
-                    "responses": {"200": specification, "default": failed},
-                }
-            },
-        },
+        "paths": _paths(
+            prefix, {"parameters": [payload]}, healthy, failed, scored, version, specification
+        ),
         "definitions": {
             "ServiceInput": deployment.service_input,
             "ServiceOutput": deployment.service_output,
             "ErrorResponse": ERROR_RESPONSE,
         },
     }
+
+
+def _paths(
+    prefix: str,
+    body: dict[str, Any],
+    healthy: dict[str, Any],
+    failed: dict[str, Any],
+    scored: dict[str, Any],
+    version: dict[str, Any],
+    specification: dict[str, Any],
+) -> dict[str, Any]:
+    """The three operations, as both versions list them; body: how /score takes its
+    payload (Swagger 2's body parameter, OpenAPI 3's requestBody)."""
+    return {
+        f"{prefix}/": {
+            "get": {
+                "operationId": "ServiceHealthCheck",
+                "description": HEALTH_CHECK,
+                "responses": {"200": healthy, "default": failed},
+            }
+        },
+        f"{prefix}/score": {
+            "post": {
+                "operationId": "RunMLService",
+                "description": RUN,
+                "security": [{"Bearer": []}],
+                **body,
+                "responses": {"200": scored, "default": failed},
+            }
+        },
+        f"{prefix}/swagger.json": {
+            "get": {
+                "operationId": "GetSwaggerSpec",
+                "description": "Get the Swagger specification.",
+                "parameters": [version],
+                "responses": {"200": specification, "default": failed},
+            }
+        },
+    }  # fmt: skip
 
 
 def _content(schema: dict[str, Any], media_type: str = JSON) -> dict[str, Any]:
@@ -623,32 +639,9 @@ def _openapi3(deployment: Deployment, openapi: str, prefix: str) -> dict[str, An
         "openapi": openapi,
         "info": _info(deployment),
         "security": [{"Bearer": []}],
-        "paths": {
-            f"{prefix}/": {
-                "get": {
-                    "operationId": "ServiceHealthCheck",
-                    "description": HEALTH_CHECK,
-                    "responses": {"200": healthy, "default": failed},
-                }
-            },
-            f"{prefix}/score": {
-                "post": {
-                    "operationId": "RunMLService",
-                    "description": RUN,
-                    "security": [{"Bearer": []}],
-                    "requestBody": payload,
-                    "responses": {"200": scored, "default": failed},
-                }
-            },
-            f"{prefix}/swagger.json": {
-                "get": {
-                    "operationId": "GetSwaggerSpec",
-                    "description": "Get the Swagger specification.",
-                    "parameters": [version],
-                    "responses": {"200": specification, "default": failed},
-                }
-            },
-        },
+        "paths": _paths(
+            prefix, {"requestBody": payload}, healthy, failed, scored, version, specification
+        ),
         "components": {
             "schemas": {
                 "ServiceInput": deployment.service_input,
