@@ -68,6 +68,13 @@ def test_a_table_is_scored_in_shared_requests_equal_to_per_row_invoke(conn, azur
     requests = scoring_requests(azureml)
     sizes = sorted(len(json.loads(r["body"])["input_data"]["data"]) for r in requests)
     assert sizes == [2, 7, 7, 7, 7]  # in parallel: in any order
+    azureml.recorded.clear()
+    each_own = "features, max_batch_count => CASE WHEN id = 1 THEN 2 ELSE 10 END)"
+    conn.execute(query.replace("features)", each_own) + " LIMIT 5").fetchall()
+    requests = scoring_requests(azureml)
+    # no request holds more rows than any of its rows allows: row 1 allows 2
+    sizes = sorted(len(json.loads(r["body"])["input_data"]["data"]) for r in requests)
+    assert sizes == [2, 8, 10, 10]
 
 
 def test_outside_a_batchable_place_each_row_is_a_request_of_its_own(conn, azureml):

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from azure_ai_sim import aws_ml
+from azure_ai_sim import aws, aws_ml
 from azure_ai_sim.sim import (
     AzureMLSimulator,
     BedrockSimulator,
@@ -347,8 +347,7 @@ def test_sagemaker_batches_are_bounded(conn, sims):
     bodies = sims["sagemaker"].recorded.snapshot()
     assert sorted(r["body"].count("\n") for r in bodies) == [5, 10, 10]
     assert [
-        len(c)
-        for c in aws_ml._chunks(list(range(5)), [None] * 5, 10, dict.fromkeys(range(5), 3), 7)
+        len(c) for c in aws.chunks(list(range(5)), lambda row: 10, dict.fromkeys(range(5), 3), 7)
     ] == [2, 2, 1]
     assert aws_ml.csv_lines('1\n"a\nb",c\n2\n', 3) == ["1", '"a\nb",c', "2"]
     assert aws_ml.csv_lines("1\n2\n", 3) is None

@@ -10,6 +10,7 @@ roles); settings in aws_ml.settings override it.
 from __future__ import annotations
 
 import calendar
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -258,6 +259,40 @@ class Exchange:
 # The error of a batch's first failing row, with its arguments: raised by the call the
 # batching node makes for that row alone, instead of sending its request again.
 _deferred: tuple[tuple, errors.Error] | None = None
+
+
+# Rows of a request that rows share (SageMaker's multi-record CSV, azure_ml.score's
+# payload), when the caller does not say: at most SHARED_REQUEST_ROWS, spread over the
+# parallel requests, at least SPREAD_ROWS each.
+SHARED_REQUEST_ROWS = 1000
+SPREAD_ROWS = 100
+
+
+def rows_per_request(rows: int) -> int:
+    """How many of a group of rows go in one request, so that the group fills the
+    parallel requests without making requests of a few rows."""
+    spread = -(-rows // transport.max_parallel_requests())
+    return min(SHARED_REQUEST_ROWS, max(spread, SPREAD_ROWS))
+
+
+def chunks(
+    rows: Sequence[int], limit: Callable[[int], int], sizes: dict[int, int] | None = None,
+    max_bytes: float = math.inf,
+) -> list[list[int]]:  # fmt: skip
+    """The rows, in row order, in runs of no more than any of their rows' limit(row)
+    rows, and of at most max_bytes of their sizes."""
+    runs: list[list[int]] = []
+    most, total = 0, 0.0
+    for row in rows:
+        row_most = limit(row)
+        size = sizes[row] if sizes else 0
+        if not runs or len(runs[-1]) >= min(most, row_most) or total + size > max_bytes:
+            runs.append([row])
+            most, total = row_most, size
+        else:
+            runs[-1].append(row)
+            most, total = min(most, row_most), total + size
+    return runs
 
 
 class RowBatch:

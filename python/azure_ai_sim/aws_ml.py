@@ -7,7 +7,6 @@ import functools
 import io
 import itertools
 import json
-import math
 import re
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -319,10 +318,6 @@ def _json(body: bytes, service: str) -> Any:
 
 # BatchDetectSentiment takes at most 25 documents.
 MAX_SENTIMENT_BATCH = 25
-# Rows per multi-record SageMaker request when max_rows_per_batch is NULL: at most this
-# many, and at least ROWS_PER_REQUEST_SPREAD when a batch is spread over parallel requests.
-MAX_SAGEMAKER_ROWS = 1000
-ROWS_PER_REQUEST_SPREAD = 100
 
 
 @pg.sql_function("aws_comprehend.detect_sentiment")
@@ -371,7 +366,9 @@ def detect_sentiment_batch(
     for row in rows:
         by_language.setdefault(language_code[row], []).append(row)
     for group in by_language.values():
-        for chunk in _chunks(group, max_rows_per_batch, MAX_SENTIMENT_BATCH):
+        for chunk in aws.chunks(
+            group, functools.partial(_at_most, max_rows_per_batch, MAX_SENTIMENT_BATCH)
+        ):
             if len(chunk) == 1 or endpoint in _one_row_per_request:
                 for row in chunk:
                     batch.add(single(row))
@@ -441,10 +438,9 @@ def invoke_endpoint_batch(
         else:
             batch.add(single(row))
     for (name, _), group in groups.items():
-        spread_over = -(-len(group) // transport.max_parallel_requests())
-        default = min(MAX_SAGEMAKER_ROWS, max(spread_over, ROWS_PER_REQUEST_SPREAD))
+        most = functools.partial(_at_most, max_rows_per_batch, aws.rows_per_request(len(group)))
         sizes = {row: len(records[row].body) for row in group}
-        for chunk in _chunks(group, max_rows_per_batch, default, sizes, MAX_SAGEMAKER_BODY):
+        for chunk in aws.chunks(group, most, sizes, MAX_SAGEMAKER_BODY):
             if len(chunk) == 1:
                 batch.add(single(chunk[0]))
                 continue
@@ -465,6 +461,11 @@ def _split(fields: list[str | None], field_counts: list[int]) -> list[tuple[str 
         return list(zip(*[iter(fields)] * field_counts[0], strict=True))
     ends = itertools.accumulate(field_counts)
     return [tuple(fields[end - n : end]) for end, n in zip(ends, field_counts, strict=True)]
+
+
+def _at_most(max_rows_per_batch: list[int | None], most: int, row: int) -> int:
+    """A row's limit of rows per request: its max_rows_per_batch, and at most `most`."""
+    return min(most, max_rows_per_batch[row] or most)
 
 
 @pg.sql_function("aws_bedrock.invoke_model")
@@ -530,26 +531,6 @@ def _each_row(
             batch.add(_exchange(batch, row, client.request(*request), answer))
         batch.run()
     return batch.outcome()
-
-
-def _chunks(
-    rows: list[int], max_rows_per_batch: list[int | None], most: int,
-    sizes: dict[int, int] | None = None, max_bytes: float = math.inf,
-) -> list[list[int]]:  # fmt: skip
-    """The rows, in row order, in runs of at most `most` rows, and of no more than any of
-    their rows' max_rows_per_batch, and of at most max_bytes of their sizes."""
-    chunks: list[list[int]] = []
-    limit, total = 0, 0.0
-    for row in rows:
-        row_limit = min(most, max_rows_per_batch[row] or most)
-        size = sizes[row] if sizes else 0
-        if not chunks or len(chunks[-1]) >= min(limit, row_limit) or total + size > max_bytes:
-            chunks.append([row])
-            limit, total = row_limit, size
-        else:
-            chunks[-1].append(row)
-            limit, total = min(limit, row_limit), total + size
-    return chunks
 
 
 def csv_lines(text: str, count: int) -> list[str] | None:

@@ -17,11 +17,9 @@ from azure_ai_sim import aws, azure_ml, errors, pg, redaction, transport
 FORMATS = ("input_data", "input_data_split", "data", "web_service")
 # What a swagger type takes, as JSON decodes it (a bool is no number here).
 JSON_TYPES = {"number": {int, float}, "integer": {int}, "string": {str}, "boolean": {bool}}
-# Rows per request when max_batch_count is NULL: at most this many and this much, and
-# spread over the parallel requests, at least ROWS_PER_REQUEST_SPREAD each.
-MAX_BATCH_ROWS = 1000
+# A request's inputs when max_batch_count is NULL: at most this much (and as many rows as
+# aws.rows_per_request says).
 MAX_BATCH_BYTES = 1024 * 1024
-ROWS_PER_REQUEST_SPREAD = 100
 
 
 @dataclass(frozen=True)
@@ -331,9 +329,10 @@ def _score(
         arguments = (deployment_name[row], timeout_ms[row], max_attempts[row], retry_delay_ms[row])
         groups.setdefault(arguments, []).append(row)
     for group in groups.values():
-        spread = -(-len(group) // transport.max_parallel_requests())
-        most = min(MAX_BATCH_ROWS, max(spread, ROWS_PER_REQUEST_SPREAD))
-        for chunk in _chunks(group, rows, max_batch_count, most):
+        most = aws.rows_per_request(len(group))
+        sizes = {row: len(rows[row][3]) for row in group}  # their inputs' JSON text
+        limit = functools.partial(_limit, max_batch_count, most)
+        for chunk in aws.chunks(group, limit, sizes, MAX_BATCH_BYTES):
             call, shape = rows[chunk[0]][:2]
             payload = shape.payload([rows[row][2] for row in chunk])
             request = azure_ml._Call(
@@ -358,19 +357,6 @@ def _score(
 score_batch = pg.sql_function("azure_ml.score")(_score)
 
 
-def _chunks(
-    group: list[int], rows: dict[int, Any], max_batch_count: list[int | None], default: int
-) -> list[list[int]]:
-    """The rows of a group, in order, in requests of at most max_batch_count rows (NULL:
-    default, and MAX_BATCH_BYTES of their inputs)."""
-    chunks: list[list[int]] = []
-    size = 0
-    for row in group:
-        most = max_batch_count[row] or default
-        row_size = len(rows[row][3])  # its input's JSON text
-        if not chunks or len(chunks[-1]) >= most or size + row_size > MAX_BATCH_BYTES:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(row)
-        size += row_size
-    return chunks
+def _limit(max_batch_count: list[int | None], most: int, row: int) -> int:
+    """A row's limit of rows per request: its max_batch_count, else `most`."""
+    return max_batch_count[row] or most
