@@ -119,6 +119,26 @@ def test_inputs_that_fit_no_row_are_refused_before_sending(conn, azureml):
     assert scoring_requests(azureml) == []
 
 
+def test_a_row_that_does_not_fit_fails_alone_after_the_rows_before_it(conn, azureml):
+    conn.execute(
+        "CREATE TEMP TABLE uneven AS SELECT g AS id, CASE WHEN g = 3 THEN ARRAY[1, 2]"
+        " ELSE ARRAY[g, 2, 3, 4, 5, 6, 7, 8] END::float8[] AS features"
+        " FROM generate_series(1, 5) g"
+    )
+    query = "SELECT azure_ml.score(features) FROM uneven"
+    # one batch of 5 rows: the two before row 3 are sent and answered, nothing after it
+    assert [row[0] for row in conn.execute(f"{query} LIMIT 2")] == pytest.approx(
+        HOUSING.predict([[1, 2, 3, 4, 5, 6, 7, 8], [2, 2, 3, 4, 5, 6, 7, 8]])
+    )
+    (request,) = scoring_requests(azureml)
+    assert [row[0] for row in json.loads(request["body"])["input_data"]["data"]] == [1, 2]
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as caught:
+        conn.execute(query).fetchall()
+    assert caught.value.diag.message_primary.startswith(
+        "azure_ml.score: input_data has 2 values; the endpoint takes 8"
+    )
+
+
 # Stream Analytics' example rows ("Integrate Azure Stream Analytics with Azure Machine
 # Learning"), for its designer-style deployment: the createArray form and the DataFrame form.
 TAXI = "deployment_name => 'nyc-taxi-fare'"

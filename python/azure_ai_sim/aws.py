@@ -276,15 +276,15 @@ def rows_per_request(rows: int) -> int:
 
 
 def chunks(
-    rows: Sequence[int], limit: Callable[[int], int], sizes: dict[int, int] | None = None,
+    rows: Sequence[int], limit: int | Callable[[int], int], sizes: dict[int, int] | None = None,
     max_bytes: float = math.inf,
 ) -> list[list[int]]:  # fmt: skip
-    """The rows, in row order, in runs of no more than any of their rows' limit(row)
-    rows, and of at most max_bytes of their sizes."""
+    """The rows, in row order, in runs of no more than any of their rows' limit (the same
+    for every row, or limit(row)) rows, and of at most max_bytes of their sizes."""
     runs: list[list[int]] = []
     most, total = 0, 0.0
     for row in rows:
-        row_most = limit(row)
+        row_most = limit if isinstance(limit, int) else limit(row)
         size = sizes[row] if sizes else 0
         if not runs or len(runs[-1]) >= min(most, row_most) or total + size > max_bytes:
             runs.append([row])
@@ -298,25 +298,34 @@ def chunks(
 class RowBatch:
     """The rows of one call of a batch form: their results in row order, and the first
     failure. Its error is the one the first failing row's own call would have raised, and
-    nothing is sent for the rows after it: the requests go to transport.send_many in row
-    order, which starts none after a failure and abandons those in flight after it; each
-    request gets its row's deadline from its own start."""
+    nothing is sent for the rows after it: the requests go out as they are added, the
+    first row first (transport.Sending); once a row has failed, none for a later row
+    starts and those in flight are abandoned. Each request gets its row's deadline from
+    its own start."""
 
     def __init__(self, *columns: Sequence[Any] | None):
         """One array per argument of the per-row function, one element per row."""
         global _deferred
-        lengths = {len(column) for column in columns if column is not None}
-        if None in columns or len(lengths) > 1:
-            raise errors.InvalidParameter(
-                "the arguments of a batch form must be arrays with one element per row"
-            )
-        self.results: list[Any] = [None] * (lengths.pop() if lengths else 0)
+        self._columns: list[list[Any]] = [[] for _ in columns]
+        self.results: list[Any] = []
         self.failure: tuple[int, errors.Error] | None = None
-        self._queue: list[Exchange] = []
-        self._columns = columns
+        self._sending = transport.Sending(stop_on_error=False)
+        self._exchanges: dict[int, Exchange] = {}  # by their index in _sending
+        self.extend(*columns)
         deferred, _deferred = _deferred, None
         if deferred is not None and deferred[0] == self._row(0):
             self.failure = (0, deferred[1])  # this row's call failed in the batch before
+
+    def extend(self, *columns: Sequence[Any] | None) -> None:
+        """More rows: the next part of a batch that comes in parts."""
+        lengths = {len(column) for column in columns if column is not None}
+        if None in columns or len(lengths) > 1 or len(columns) != len(self._columns):
+            raise errors.InvalidParameter(
+                "the arguments of a batch form must be arrays with one element per row"
+            )
+        for mine, more in zip(self._columns, columns, strict=True):
+            mine.extend(more)  # type: ignore[arg-type]
+        self.results.extend([None] * (lengths.pop() if lengths else 0))
 
     def _row(self, row: int) -> tuple | None:
         """The arguments of a row, when this call is for that one row only."""
@@ -332,6 +341,7 @@ class RowBatch:
     def fail(self, row: int, error: errors.Error) -> None:
         if row < self.limit:
             self.failure = (row, error)
+            self._sending.stop_after(row)
 
     def prepare(self, check: Callable[..., T | None], *columns: Sequence[Any]) -> dict[int, T]:
         """Runs each row's own checks, check(row's element of each column), in row order
@@ -349,38 +359,54 @@ class RowBatch:
         return prepared
 
     def add(self, exchange: Exchange) -> None:
-        self._queue.append(exchange)
+        """Queues a request; it starts when send or run is next called."""
+        if exchange.row < self.limit:
+            index = self._sending.add(
+                exchange.request, exchange.timing.deadline, exchange.timing.policy(),
+                order=exchange.row,
+            )  # fmt: skip
+            self._exchanges[index] = exchange
+
+    def send(self) -> None:
+        """Starts the requests that may start, and takes the answers that have come,
+        without waiting: the batch goes on preparing while they are on their way."""
+        self._sending.step()
+        self._take()
 
     def run(self) -> None:
         """Sends what was added, and what their outcomes add, until nothing that matters
         is left."""
-        while True:
-            self._queue = sorted(
-                (exchange for exchange in self._queue if exchange.row < self.limit),
-                key=lambda exchange: exchange.row,
-            )
-            if not self._queue:
-                return
-            timing = self._queue[0].timing
-            wave = []
-            while self._queue and self._queue[0].timing == timing:
-                wave.append(self._queue.pop(0))
-            requests = [exchange.request for exchange in wave]
-            # each request's deadline counts from its own start, as its row's own call's
-            outcomes = transport.send_many(requests, timing.deadline, timing.policy())
-            for exchange, outcome in zip(wave, outcomes, strict=True):
-                if outcome is None:  # abandoned after a failure: again, if it still matters
-                    self._queue.append(exchange)
-                    continue
-                try:
-                    if isinstance(outcome, errors.Error):
-                        raise outcome
-                    exchange.finish(outcome)
-                except errors.Error as error:
-                    if exchange.failed is None:
-                        self.fail(exchange.row, error)
-                    else:
-                        exchange.failed(error)
+        sending = self._sending
+        try:
+            while sending.turn(wait=True):
+                self._take()
+            self._take()
+        finally:
+            sending.abandon()
+
+    def abandon(self) -> None:
+        """Gives up the requests in flight: the batch will not be asked for its results."""
+        self._sending.abandon()
+
+    def _take(self) -> None:
+        """What the requests that ended mean for their rows."""
+        sending = self._sending
+        while sending.ended:
+            index = sending.ended.popleft()
+            exchange = self._exchanges.pop(index)
+            outcome, sending.results[index] = sending.results[index], None
+            if exchange.row >= self.limit:
+                continue
+            try:
+                if isinstance(outcome, errors.Error):
+                    raise outcome
+                assert outcome is not None
+                exchange.finish(outcome)
+            except errors.Error as error:
+                if exchange.failed is None:
+                    self.fail(exchange.row, error)
+                else:
+                    exchange.failed(error)
 
     def outcome(self) -> list[Any]:
         """The results of the rows before the first failing one. The batching node asks

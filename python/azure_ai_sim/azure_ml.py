@@ -8,6 +8,7 @@ import os
 import re
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import azure_ai_sim
 from azure_ai_sim import aws, errors, identity, pg, redaction, transport
@@ -182,6 +183,11 @@ def _setting(settings: dict[str, str], key: str) -> str | None:
 
 def _json_text(response: transport.Response) -> str:
     """The body, once it is known to be JSON that jsonb accepts too."""
+    return json_answer(response)[0]
+
+
+def json_answer(response: transport.Response) -> tuple[str, Any]:
+    """The body, once it is known to be JSON that jsonb accepts too, and what it says."""
     try:
         text = response.body.decode("utf-8")
         document = json.loads(text, parse_constant=_not_in_jsonb)
@@ -196,7 +202,7 @@ def _json_text(response: transport.Response) -> str:
             request_id=response.request_id,
             detail=f"request id: {response.request_id}." if response.request_id else None,
         ) from None
-    return text
+    return text, document
 
 
 def _not_in_jsonb(constant: str) -> None:

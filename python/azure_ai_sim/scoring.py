@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from azure_ai_sim import aws, azure_ml, errors, pg, redaction, transport
 FORMATS = ("input_data", "input_data_split", "data", "web_service")
 # What a swagger type takes, as JSON decodes it (a bool is no number here).
 JSON_TYPES = {"number": {int, float}, "integer": {int}, "string": {str}, "boolean": {bool}}
+NONE = type(None)
 # A request's inputs when max_batch_count is NULL: at most this much (and as many rows as
 # aws.rows_per_request says).
 MAX_BATCH_BYTES = 1024 * 1024
@@ -85,9 +87,56 @@ class Shape:
                 raise errors.InvalidParameter(
                     f"input_data's {name} is {json.dumps(item)}; the endpoint takes a {kind}"
                 )
+        return self._as_sent([values])[0]
+
+    def rows(self, values: list[Any]) -> tuple[list[Any], tuple[int, errors.Error] | None]:
+        """row() of each value, up to the first that does not fit: the rows before it,
+        and its index and error (None if all fit). A table's rows are all alike, so they
+        are checked a column at a time, which is many times faster than row by row."""
+        fitting = self._in_bulk(values)
+        if fitting is not None:
+            return fitting, None
+        converted = []
+        for index, value in enumerate(values):
+            try:
+                converted.append(self.row(value))
+            except errors.InvalidParameter as error:
+                return converted, (index, error)
+        return converted, None
+
+    def _in_bulk(self, values: list[Any]) -> list[Any] | None:
+        """The rows as sent, if they are all arrays, or all objects of exactly the
+        columns, and each typed column holds its type; else None."""
+        names = self._names
+        kinds = set(map(type, values))
+        if kinds == {dict} and self.records and not self.columns:
+            return values
+        if kinds == {dict} and self.columns:
+            if set(map(len, values)) != {len(names)}:
+                return None
+            pick = operator.itemgetter(*names)
+            try:
+                table = [pick(value) for value in values] if len(names) > 1 else [
+                    (value[names[0]],) for value in values
+                ]  # fmt: skip
+            except KeyError:
+                return None
+        elif kinds == {list}:
+            if self.columns and set(map(len, values)) != {len(names)}:
+                return None
+            table = values
+        else:
+            return None
+        for i, _, _, accepted in self._typed:
+            if not set(map(type, map(operator.itemgetter(i), table))) <= accepted | {NONE}:
+                return None
+        return self._as_sent(table)
+
+    def _as_sent(self, table: list[Any]) -> list[Any]:
+        """Rows of the columns' values, as the request carries them."""
         if self.records and self.columns:
-            return dict(zip(names, values, strict=True))
-        return values
+            return [dict(zip(self._names, values, strict=True)) for values in table]
+        return table
 
     def payload(self, rows: list[Any]) -> bytes:
         if self.format == "web_service":
@@ -266,29 +315,46 @@ def _score(
     request, up to max_batch_count rows (NULL: up to 1,000 rows or 1 MB, spread over the
     parallel requests, at least 100 rows each), the requests several at once. A failing
     request fails each of its rows: with throw_on_error false they are NULL with a
-    WARNING each; otherwise the first of them raises."""
+    WARNING each; otherwise the first of them raises.
+
+    Each row's checks are a per-row call's, in its order (arguments, swagger, input), and
+    the first failing row's error is its own; but they run a group of rows at a time,
+    as a table's rows are alike."""
     batch = aws.RowBatch(
         input_data, timeout_ms, throw_on_error, deployment_name, max_attempts, retry_delay_ms,
         max_batch_count,
     )  # fmt: skip
-    secrets: dict[str | None, str | None] = {}
-    shapes: dict[str | None, Shape | errors.Error] = {}
-
     warnings: dict[int, errors.Error] = {}
-
-    calls: dict[tuple, azure_ml._Call] = {}
     # jsonb's text, all rows parsed at once (one call of the C parser, not one per row)
     parsed = json.loads("[" + ",".join("null" if v is None else v for v in input_data) + "]")
 
-    def checked(row, value, deployment, timeout, attempts, delay, most):
-        if value is None:
-            return None
-        arguments = (deployment, timeout, attempts, delay)
-        if arguments not in calls:  # the same for every row with these arguments
-            calls[arguments] = azure_ml._call(value, timeout, deployment, attempts, delay)
-        call = calls[arguments]
-        if most is not None and most < 1:
-            raise errors.InvalidParameter(f"max_batch_count must be at least 1, not {most}")
+    groups: dict[tuple, list[int]] = {}  # rows by the arguments of their call
+    arguments = zip(deployment_name, timeout_ms, max_attempts, retry_delay_ms, strict=True)
+    for row, (value, group) in enumerate(zip(input_data, arguments, strict=True)):
+        if value is not None:  # NULL without a call
+            groups.setdefault(group, []).append(row)
+    calls: dict[tuple, azure_ml._Call] = {}
+    for group, rows in groups.items():
+        try:
+            deployment, timeout, attempts, delay = group
+            calls[group] = azure_ml._call(input_data[rows[0]], timeout, deployment, attempts, delay)
+        except errors.Error as error:
+            batch.fail(rows[0], error)
+    for row, most in enumerate(max_batch_count):
+        if most is not None and most < 1 and input_data[row] is not None:
+            batch.fail(
+                row, errors.InvalidParameter(f"max_batch_count must be at least 1, not {most}")
+            )
+            break
+
+    secrets: dict[str | None, str | None] = {}
+    shapes: dict[str | None, Shape | errors.Error] = {}
+    checked: dict[tuple, tuple[list[int], Shape, list[Any]]] = {}
+    for group, call in calls.items():
+        rows = [row for row in groups[group] if row < batch.limit]
+        if not rows:
+            continue
+        deployment = call.deployment_name
         if deployment not in shapes:  # once per batch, even when it fails
             try:
                 secrets[deployment] = azure_ml._credential(call.settings, call.timing.deadline())
@@ -296,45 +362,28 @@ def _score(
             except errors.Error as failure:
                 shapes[deployment] = failure
         shape = shapes[deployment]
-        if isinstance(shape, errors.CallFailed) and throw_on_error[row] is False:
-            warnings[row] = shape  # the swagger's request is the row's call that failed
-            return None
         if isinstance(shape, errors.Error):
-            raise shape
-        return call, shape, shape.row(parsed[row]), value
-
-    rows = batch.prepare(
-        checked, range(len(input_data)), input_data, deployment_name, timeout_ms, max_attempts,
-        retry_delay_ms, max_batch_count,
-    )  # fmt: skip
-
-    def failed(chunk: list[int], failure: errors.Error) -> None:
-        for row in chunk:
-            if throw_on_error[row] is False and isinstance(failure, errors.CallFailed):
-                warnings[row] = failure
-            else:
-                batch.fail(row, failure)
-                return
+            _failed(batch, warnings, throw_on_error, rows, shape)
+            continue
+        inputs, bad = shape.rows([parsed[row] for row in rows])
+        if bad is not None:
+            batch.fail(rows[bad[0]], bad[1])
+        checked[group] = (rows[: len(inputs)], shape, inputs)
 
     def finish(chunk: list[int], shape: Shape, response: transport.Response) -> None:
-        predictions = shape.predictions(json.loads(azure_ml._json_text(response)), len(chunk))
-        for row, prediction in zip(chunk, predictions, strict=True):
-            # a float's repr is its JSON (the answer has no NaN: _json_text refuses it)
-            batch.results[row] = (
-                repr(prediction) if type(prediction) is float else json.dumps(prediction)
-            )
+        predictions = shape.predictions(azure_ml.json_answer(response)[1], len(chunk))
+        for row, text in zip(chunk, map(_json, predictions), strict=True):
+            batch.results[row] = text
 
-    groups: dict[tuple, list[int]] = {}
-    for row in rows:
-        arguments = (deployment_name[row], timeout_ms[row], max_attempts[row], retry_delay_ms[row])
-        groups.setdefault(arguments, []).append(row)
-    for group in groups.values():
-        most = aws.rows_per_request(len(group))
-        sizes = {row: len(rows[row][3]) for row in group}  # their inputs' JSON text
+    for group, (rows, shape, inputs) in checked.items():
+        call = calls[group]
+        by_row = dict(zip(rows, inputs, strict=True))
+        rows = [row for row in rows if row < batch.limit]
+        most = aws.rows_per_request(len(rows))
+        sizes = {row: len(input_data[row]) for row in rows}  # their inputs' JSON text
         limit = functools.partial(_limit, max_batch_count, most)
-        for chunk in aws.chunks(group, limit, sizes, MAX_BATCH_BYTES):
-            call, shape = rows[chunk[0]][:2]
-            payload = shape.payload([rows[row][2] for row in chunk])
+        for chunk in aws.chunks(rows, limit, sizes, MAX_BATCH_BYTES):
+            payload = shape.payload([by_row[row] for row in chunk])
             request = azure_ml._Call(
                 payload.decode(), call.deployment_name, call.timing, call.settings, call.endpoint
             ).request(secrets[call.deployment_name])
@@ -344,13 +393,33 @@ def _score(
                 call.timing,
                 lambda answer, c=chunk, s=shape: finish(c, s, answer),
             )
-            exchange.failed = lambda failure, c=chunk: failed(c, failure)
+            exchange.failed = functools.partial(_failed, batch, warnings, throw_on_error, chunk)
             batch.add(exchange)
     batch.run()
     for row in sorted(warnings):
         if row < batch.limit:
             pg.warning(warnings[row], "azure_ml.score")
     return batch.outcome()
+
+
+def _failed(
+    batch: aws.RowBatch, warnings: dict[int, errors.Error], throw_on_error: list[bool | None],
+    rows: list[int], failure: errors.Error,
+) -> None:  # fmt: skip
+    """The rows' call failed: a row with throw_on_error false is NULL with a WARNING if
+    the service or the network failed it; the first other row fails the batch."""
+    for row in rows:
+        if throw_on_error[row] is False and isinstance(failure, errors.CallFailed):
+            warnings[row] = failure
+        else:
+            batch.fail(row, failure)
+            return
+
+
+def _json(prediction: Any) -> str:
+    """A prediction's JSON text; a float's repr is its JSON (the answer has no NaN:
+    json_answer refuses it)."""
+    return repr(prediction) if type(prediction) is float else json.dumps(prediction)
 
 
 # score for many rows: the batch form the batching node calls

@@ -30,6 +30,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -147,9 +148,10 @@ def send_many(
     or abandoned is None. The requests before it run to their end, so the first failure
     in order is known. A cancel, a statement timeout or a bug raises, and abandons every
     request in flight."""
-    if not requests:
-        return []
-    return _Batch(requests, deadline, policy, stop_on_error).run()
+    sending = Sending(stop_on_error)
+    for request in requests:
+        sending.add(request, deadline, policy)
+    return sending.run()
 
 
 _outside_postgres = False
@@ -350,68 +352,121 @@ class _Flight:
     """One request of a batch: its attempts, and what the one in flight waits for."""
 
     __slots__ = (
-        "attempt", "deadline", "endpoint", "index", "key", "message", "request", "steps", "wait",
+        "attempt", "deadline", "endpoint", "index", "key", "message", "new_deadline", "order",
+        "policy", "request", "steps", "wait",
     )  # fmt: skip
 
-    def __init__(self, index: int, request: Request, endpoint: _Endpoint, message: bytes):
+    def __init__(
+        self, index: int, order: float, request: Request, endpoint: _Endpoint, message: bytes,
+        new_deadline: Callable[[], Deadline], policy: RetryPolicy,
+    ):  # fmt: skip
         self.index = index
+        self.order = order
         self.request = request
         self.endpoint = endpoint
         self.key: _Key = (endpoint.scheme, endpoint.host, endpoint.port)
         self.message = message
+        self.new_deadline = new_deadline
+        self.policy = policy
         self.attempt = 0
         self.deadline: Deadline | None = None  # from its first attempt on
         self.steps: Generator[Any, None, Response] | None = None  # the attempt in flight
         self.wait: Any = None  # what it waits for: a wire.Wait, or a _Job
 
 
-class _Batch:
-    """The requests of one send_many, driven by one loop on the backend's thread."""
+class Sending:
+    """Requests in flight together, driven by one loop on the backend's thread (see
+    send_many). Requests may be added while others are in flight: a batch of rows sends
+    its first requests while it is still preparing the later ones. Each request has an
+    order (by default, the order it was added in): the first in order start first, and
+    stopping after one stops those ordered after it."""
 
-    def __init__(
-        self, requests: Sequence[Request], deadline: Deadline | Callable[[], Deadline],
-        policy: RetryPolicy, stop_on_error: bool,
-    ):  # fmt: skip
-        self.new_deadline = (lambda: deadline) if isinstance(deadline, Deadline) else deadline
-        self.policy = policy
+    def __init__(self, stop_on_error: bool = True):
         self.stop_on_error = stop_on_error
         self.cap = max_parallel_requests()
-        self.results: list[Response | errors.Error | None] = [None] * len(requests)
-        self.last = len(requests) - 1  # no request after this one starts any more
-        self.flights: list[_Flight | None] = [None] * len(requests)
-        self.ready: dict[_Key, list[int]] = {}  # per endpoint, who may start an attempt
+        self.results: list[Response | errors.Error | None] = []
+        self.ended: deque[int] = deque()  # the requests whose outcome came, as they came
+        self.last = math.inf  # no request ordered after this one starts any more
+        self.flights: list[_Flight | None] = []
+        self.ready: dict[_Key, list[tuple[float, int]]] = {}  # per endpoint: (order, index)
         self.busy: dict[_Key, int] = {}  # per endpoint, attempts in flight
         self.in_flight: set[_Flight] = set()
         self.timers: list[tuple[float, int]] = []  # (when, index): backoffs
-        for index, request in enumerate(requests):
-            if index > self.last:
-                break
-            try:
-                endpoint = _endpoint(request.url)
-                message = wire.encode_request(
-                    request.method, endpoint.host_header, endpoint.path, request.headers,
-                    request.body,
-                )  # fmt: skip
-            except errors.Error as error:
-                self._fail(index, error)
-                continue
-            flight = self.flights[index] = _Flight(index, request, endpoint, message)
-            heapq.heappush(self.ready.setdefault(flight.key, []), index)
+
+    def add(
+        self, request: Request, deadline: Deadline | Callable[[], Deadline],
+        policy: RetryPolicy, order: float | None = None,
+    ) -> int:  # fmt: skip
+        """Queues a request (see send_many for deadline); returns its index in results."""
+        index = len(self.results)
+        self.results.append(None)
+        self.flights.append(None)
+        order = index if order is None else order
+        try:
+            endpoint = _endpoint(request.url)
+            message = wire.encode_request(
+                request.method, endpoint.host_header, endpoint.path, request.headers,
+                request.body,
+            )  # fmt: skip
+        except errors.Error as error:
+            self._fail(index, order, error)
+            return index
+        new_deadline = (lambda: deadline) if isinstance(deadline, Deadline) else deadline
+        flight = _Flight(index, order, request, endpoint, message, new_deadline, policy)
+        self.flights[index] = flight
+        heapq.heappush(self.ready.setdefault(flight.key, []), (order, index))
+        return index
+
+    def step(self) -> None:
+        """Starts what may start and takes what has arrived, without waiting."""
+        try:
+            self.turn(wait=False)
+        except BaseException:
+            self.abandon()
+            raise
 
     def run(self) -> list[Response | errors.Error | None]:
+        """Until every request that may still start has ended; their outcomes."""
         try:
-            while True:
-                pg.check_for_interrupts()
-                self._wake_timers()
-                self._start_ready()
-                if not self.in_flight and not self.timers:
-                    return self.results
-                left = self._time_out()
-                if left is not None:
-                    self._poll(left)
+            while self.turn(wait=True):
+                pass
         finally:
-            for flight in list(self.in_flight):
+            self.abandon()
+        return self.results
+
+    def stop_after(self, order: float) -> None:
+        """No request ordered after `order` starts any more; those in flight are abandoned,
+        those waiting for their retry forgotten."""
+        if order >= self.last:
+            return
+        self.last = order
+        for flight in list(self.in_flight):
+            if flight.order > order:
                 self._abandon(flight)
+        self.timers = [t for t in self.timers if self._flight(t[1]).order <= order]
+        heapq.heapify(self.timers)
+
+    def abandon(self) -> None:
+        """Ends every attempt in flight (a cancel, a bug, or a batch given up)."""
+        for flight in list(self.in_flight):
+            self._abandon(flight)
+
+    def turn(self, wait: bool) -> bool:
+        """One turn of the loop; False when nothing is left in flight or waiting."""
+        pg.check_for_interrupts()
+        self._wake_timers()
+        self._start_ready()
+        if not self.in_flight and not self.timers:
+            return False
+        left = self._time_out()
+        if left is not None:
+            self._poll(left if wait else 0.0)
+        return True
+
+    def _flight(self, index: int) -> _Flight:
+        flight = self.flights[index]
+        assert flight is not None
+        return flight
 
     def _time_out(self) -> float | None:
         """Ends the attempts whose deadline has passed: None if any did. Otherwise the
@@ -432,24 +487,21 @@ class _Batch:
     def _wake_timers(self) -> None:
         now = time.monotonic()
         while self.timers and self.timers[0][0] <= now:
-            _, index = heapq.heappop(self.timers)
-            flight = self.flights[index]
-            assert flight is not None
-            heapq.heappush(self.ready.setdefault(flight.key, []), index)
+            flight = self._flight(heapq.heappop(self.timers)[1])
+            heapq.heappush(self.ready.setdefault(flight.key, []), (flight.order, flight.index))
 
     def _start_ready(self) -> None:
         """Starts the waiting attempts, first in order first, as far as the caps allow."""
         for key in list(self.ready):
             waiting = self.ready[key]
             while waiting and self.busy.get(key, 0) < self.cap:
-                if waiting[0] > self.last:
+                if waiting[0][0] > self.last:
                     waiting.clear()
                     break
-                flight = self.flights[heapq.heappop(waiting)]
-                assert flight is not None
+                flight = self._flight(heapq.heappop(waiting)[1])
                 flight.attempt += 1
                 if flight.deadline is None:
-                    flight.deadline = self.new_deadline()
+                    flight.deadline = flight.new_deadline()
                 if flight.deadline.left() <= 0:  # as send would end: no time to connect
                     self._end_attempt(flight, None, errors.TimedOut("the deadline passed"))
                     continue
@@ -512,14 +564,15 @@ class _Batch:
     ) -> None:
         assert flight.deadline is not None
         outcome = _outcome(
-            flight.request, flight.attempt, response, failure, flight.deadline, self.policy
+            flight.request, flight.attempt, response, failure, flight.deadline, flight.policy
         )
         if isinstance(outcome, float):
             heapq.heappush(self.timers, (time.monotonic() + outcome, flight.index))
         elif isinstance(outcome, Response):
             self.results[flight.index] = outcome
+            self.ended.append(flight.index)
         else:
-            self._fail(flight.index, outcome)
+            self._fail(flight.index, flight.order, outcome)
 
     def _land(self, flight: _Flight) -> None:
         """The attempt is over: its place in the endpoint's cap is free."""
@@ -527,16 +580,11 @@ class _Batch:
         self.busy[flight.key] -= 1
         flight.steps = flight.wait = None
 
-    def _fail(self, index: int, error: errors.Error) -> None:
+    def _fail(self, index: int, order: float, error: errors.Error) -> None:
         self.results[index] = error
-        if self.stop_on_error and index < self.last:
-            self.last = index
-            for flight in list(self.in_flight):
-                if flight.index > index:
-                    self._abandon(flight)
-            # and those after it waiting for their retry: nobody waits for them
-            self.timers = [timer for timer in self.timers if timer[1] < index]
-            heapq.heapify(self.timers)
+        self.ended.append(index)
+        if self.stop_on_error:
+            self.stop_after(order)
 
     def _abandon(self, flight: _Flight) -> None:
         """Ends an attempt in flight; closing its steps closes its connection."""
