@@ -19,9 +19,10 @@
  *     replaced by a NULL placeholder, and the entry's leaves (Vars, Aggrefs, WindowFuncs,
  *     Params: the values that only the node below can compute) are added as columns;
  *   - the Batch node reads a batch of rows (see rows_per_batch), evaluates the calls'
- *     arguments over those leaf columns, calls each batch form once, and then returns
- *     the rows one by one, evaluating the entries with the calls' results in place of
- *     the calls: the same expressions, the same conditions, the same order of rows.
+ *     arguments over those leaf columns, calls each batch form once (a form in parts,
+ *     once per PART_ROWS rows as it evaluates them), and then returns the rows one by
+ *     one, evaluating the entries with the calls' results in place of the calls: the
+ *     same expressions, the same conditions, the same order of rows.
  *
  * When a batch form fails on a row, it returns the results of the rows before it, and
  * the node calls it for each later row alone when that row is returned: a row a LIMIT
@@ -125,8 +126,22 @@ internal_schema_of(Oid namespace)
 }
 
 /*
+ * A batch form may come in parts: it takes three more arguments, (batch bigint,
+ * batch_rows integer, last boolean), and the node calls it for each PART_ROWS rows of a
+ * batch as it evaluates their arguments; only the call with last true answers, for all
+ * the rows of the batch. Its requests for the first rows are on their way while the
+ * node evaluates the arguments of the later ones. batch is unique per batch in the
+ * backend; batch_rows is the rows of the batch, to size requests by.
+ */
+#define PART_ARGS 3
+#define PART_ROWS 1000
+
+static int64 batches_begun = 0;
+
+/*
  * The batch form of a function of ours: <internal schema>.<name>_batch of the same
- * extension, taking an array of each argument and returning an array; or InvalidOid.
+ * extension, taking an array of each argument (and, in parts, PART_ARGS more) and
+ * returning an array; or InvalidOid.
  */
 static Oid
 find_batch_form(Oid function)
@@ -134,7 +149,7 @@ find_batch_form(Oid function)
 	HeapTuple	tuple = SearchSysCache1(PROCOID, ObjectIdGetDatum(function));
 	Form_pg_proc proc;
 	const char *internal;
-	Oid			argtypes[FUNC_MAX_ARGS];
+	Oid			argtypes[FUNC_MAX_ARGS + PART_ARGS];
 	int			nargs;
 	Oid			batch = InvalidOid;
 
@@ -158,10 +173,18 @@ find_batch_form(Oid function)
 			nargs = proc->pronargs;
 			for (int i = 0; i < nargs; i++)
 				argtypes[i] = get_array_type(proc->proargtypes.values[i]);
+			/* the form in parts, if there is one: (..., batch, batch_rows, last) */
+			argtypes[nargs] = INT8OID;
+			argtypes[nargs + 1] = INT4OID;
+			argtypes[nargs + 2] = BOOLOID;
+			batch = function_beside(function, internal,
+									psprintf("%s_batch", NameStr(proc->proname)),
+									argtypes, nargs + PART_ARGS);
 		}
-		batch = function_beside(function, internal,
-								psprintf("%s_batch", NameStr(proc->proname)),
-								argtypes, nargs);
+		if (!OidIsValid(batch))
+			batch = function_beside(function, internal,
+									psprintf("%s_batch", NameStr(proc->proname)),
+									argtypes, nargs);
 	}
 	ReleaseSysCache(tuple);
 	if (OidIsValid(batch) && !OidIsValid(get_element_type(get_func_rettype(batch))))
@@ -621,8 +644,12 @@ typedef struct BatchCall
 	Oid		   *argtypes;		/* their types, lengths and by-value flags */
 	int16	   *arglens;
 	bool	   *argbyvals;
-	FmgrInfo	batch;			/* the batch form */
+	FmgrInfo	batch_form;	/* the batch form */
 	bool		shim;			/* aws_sagemaker.invoke_endpoint: CSV fields per row */
+	bool		parts;			/* the batch form comes in parts (PART_ARGS) */
+	int64		batch_id;		/* in parts: the batch of the calls so far */
+	int		   *called;			/* in parts: the rows of the calls so far */
+	int			ncalled;
 	bool		strict;
 	Oid			element;		/* the element type of the batch form's result */
 	int16		elemlen;
@@ -722,7 +749,7 @@ init_result(BatchCall *call)
 	Oid			rettype = call->call->funcresulttype;
 	TupleDesc	element_desc = NULL;
 
-	call->element = get_element_type(get_func_rettype(call->batch.fn_oid));
+	call->element = get_element_type(get_func_rettype(call->batch_form.fn_oid));
 	get_typlenbyvalalign(call->element, &call->elemlen, &call->elembyval, &call->elemalign);
 	if (call->element == rettype)
 	{
@@ -759,7 +786,7 @@ init_result(BatchCall *call)
 		return;
 	}
 	elog(ERROR, "batch form %s does not return the results of %s",
-		 format_procedure_qualified(call->batch.fn_oid),
+		 format_procedure_qualified(call->batch_form.fn_oid),
 		 format_procedure_qualified(call->call->funcid));
 }
 
@@ -800,7 +827,9 @@ begin_batch(CustomScanState *node, EState *estate, int eflags)
 			call->argtypes[k] = exprType(lfirst(arg));
 			get_typlenbyval(call->argtypes[k], &call->arglens[k], &call->argbyvals[k]);
 		}
-		fmgr_info(lfirst_oid(oid), &call->batch);
+		fmgr_info(lfirst_oid(oid), &call->batch_form);
+		call->parts = !call->shim && get_func_nargs(call->batch_form.fn_oid) ==
+			list_length(call->call->args) + PART_ARGS;
 		init_result(call);
 		state->calls = lappend(state->calls, call);
 	}
@@ -885,9 +914,10 @@ value_size(Datum value, int16 typlen)
 
 /*
  * One call of the batch form for the rows from first on, up to count of them and as many
- * as have arguments that fit in work_mem (at least one): arrays of the arguments of the
- * rows that call it (a strict function's rows with a NULL argument get NULL, as they
- * would). Returns the rows it went through, or count if the batch form failed on one.
+ * as have arguments that fit in work_mem (at least one), and in parts at most PART_ROWS:
+ * arrays of the arguments of the rows that call it (a strict function's rows with a NULL
+ * argument get NULL, as they would). Returns the rows it went through, or count if the
+ * batch form failed on one.
  */
 static int
 call_rows(BatchState *state, BatchCall *call, int first, int count, double *milliseconds)
@@ -896,11 +926,14 @@ call_rows(BatchState *state, BatchCall *call, int first, int count, double *mill
 	TupleTableSlot *scan = state->css.ss.ss_ScanTupleSlot;
 	int			nargs = list_length(call->args);
 	int			narrays = call->shim ? 4 : nargs;
+	int			nfcargs;
+	int			most = call->parts ? PART_ROWS : count;
 	Datum	  **values = palloc(nargs * sizeof(Datum *));
 	bool	  **nulls = palloc(nargs * sizeof(bool *));
 	int		   *rows = palloc(count * sizeof(int));
 	int			calling = 0;
 	int			i;
+	bool		last;
 	Size		bytes = 0;
 	FieldList	fields;
 	Datum	   *counts = NULL;
@@ -923,7 +956,7 @@ call_rows(BatchState *state, BatchCall *call, int first, int count, double *mill
 		field_list_init(&fields, count * 4);
 		counts = palloc(count * sizeof(Datum));
 	}
-	for (i = first; i < first + count && bytes < work_mem * (Size) 1024; i++)
+	for (i = first; i < first + count && calling < most && bytes < work_mem * (Size) 1024; i++)
 	{
 		bool		skip = false;
 		ListCell   *lc;
@@ -964,11 +997,23 @@ call_rows(BatchState *state, BatchCall *call, int first, int count, double *mill
 		else
 			call->ready[i] = true;	/* NULL, without a call */
 	}
-	if (calling == 0)
+	last = i == first + count;
+	if (call->parts)
+	{
+		/* the rows of this part join those of the batch's earlier parts */
+		if (call->ncalled == 0)
+			call->batch_id = ++batches_begun;
+		memcpy(call->called + call->ncalled, rows, calling * sizeof(int));
+		call->ncalled += calling;
+		if (calling == 0 && (!last || call->ncalled == 0))
+			return i - first;
+	}
+	else if (calling == 0)
 		return i - first;
 
-	fcinfo = palloc0(SizeForFunctionCallInfo(narrays));
-	InitFunctionCallInfoData(*fcinfo, &call->batch, narrays, call->call->inputcollid,
+	nfcargs = narrays + (call->parts ? PART_ARGS : 0);
+	fcinfo = palloc0(SizeForFunctionCallInfo(nfcargs));
+	InitFunctionCallInfoData(*fcinfo, &call->batch_form, nfcargs, call->call->inputcollid,
 							 NULL, NULL);
 	if (call->shim)
 	{
@@ -985,7 +1030,13 @@ call_rows(BatchState *state, BatchCall *call, int first, int count, double *mill
 		for (int k = 0; k < nargs; k++)
 			fcinfo->args[k].value =
 				make_array(values[k], nulls[k], calling, call->argtypes[k]);
-	for (int k = 0; k < narrays; k++)
+	if (call->parts)
+	{
+		fcinfo->args[narrays].value = Int64GetDatum(call->batch_id);
+		fcinfo->args[narrays + 1].value = Int32GetDatum(state->count);
+		fcinfo->args[narrays + 2].value = BoolGetDatum(last);
+	}
+	for (int k = 0; k < fcinfo->nargs; k++)
 		fcinfo->args[k].isnull = false;
 
 	INSTR_TIME_SET_CURRENT(start);
@@ -997,16 +1048,30 @@ call_rows(BatchState *state, BatchCall *call, int first, int count, double *mill
 
 	if (fcinfo->isnull)
 		elog(ERROR, "batch form %s returned NULL",
-			 format_procedure_qualified(call->batch.fn_oid));
+			 format_procedure_qualified(call->batch_form.fn_oid));
 	array = DatumGetArrayTypeP(result);
 	deconstruct_array(array, call->element, call->elemlen, call->elembyval,
 					  call->elemalign, &elements, &element_nulls, &nelements);
+	if (call->parts)
+	{
+		if (!last)
+		{
+			if (nelements != 0)
+				elog(ERROR, "batch form %s answered before the last part of a batch",
+					 format_procedure_qualified(call->batch_form.fn_oid));
+			return i - first;
+		}
+		/* the last part answers for the rows of all of them */
+		rows = call->called;
+		calling = call->ncalled;
+		call->ncalled = 0;
+	}
 	/* fewer results: the rows from the first failed one on get their own calls later */
 	if (nelements > calling || nelements == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_EXCEPTION),
 				 errmsg("batch form %s returned %d results for %d rows",
-						format_procedure_qualified(call->batch.fn_oid), nelements,
+						format_procedure_qualified(call->batch_form.fn_oid), nelements,
 						calling)));
 	for (int j = 0; j < nelements; j++)
 	{
@@ -1086,6 +1151,8 @@ fill_batch(BatchState *state)
 		call->nulls = palloc(state->count * sizeof(bool));
 		memset(call->nulls, true, state->count * sizeof(bool));
 		call->ready = palloc0(state->count * sizeof(bool));
+		call->called = palloc(state->count * sizeof(int));
+		call->ncalled = 0;
 		milliseconds += run_call(state, call, 0, state->count);
 	}
 	MemoryContextSwitchTo(old);

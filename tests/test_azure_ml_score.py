@@ -77,6 +77,63 @@ def test_a_table_is_scored_in_shared_requests_equal_to_per_row_invoke(conn, azur
     assert sizes == [2, 8, 10, 10]
 
 
+def rows_sent(azureml) -> list[list[int]]:
+    """Each scoring request's rows, by their first feature (the id)."""
+    requests = scoring_requests(azureml)
+    return sorted([row[0] for row in json.loads(r["body"])["input_data"]["data"]] for r in requests)
+
+
+def test_a_batch_of_many_parts_is_one_batch_and_its_requests_are_full(conn, azureml):
+    # 2,500 rows: the node hands them to the batch form in parts of 1,000 as it reads them;
+    # the rows are spread over the parallel requests (250 each) across the parts
+    conn.execute(
+        "CREATE TEMP TABLE many AS SELECT g AS id, ARRAY[g, 2, 3, 4, 5, 6, 7, 8]::float8[]"
+        " AS features FROM generate_series(1, 2500) g"
+    )
+    query = "SELECT id, azure_ml.score(features) FROM many"
+    plan = [r[0] for r in conn.execute(f"EXPLAIN (ANALYZE, COSTS OFF) {query}")]
+    assert "num batches=1 avg/min/max batch size=2500.000" in "".join(plan)
+    azureml.recorded.clear()
+    scored = conn.execute(query).fetchall()
+    assert [row[0] for row in scored] == list(range(1, 2501))
+    features = [[g, 2, 3, 4, 5, 6, 7, 8] for g in range(1, 2501)]
+    assert [row[1] for row in scored] == pytest.approx(HOUSING.predict(features))
+    assert rows_sent(azureml) == [list(range(g, g + 250)) for g in range(1, 2501, 250)]
+
+
+def test_a_failing_row_in_a_later_part_fails_alone(conn, azureml):
+    conn.execute(
+        "CREATE TEMP TABLE many AS SELECT g AS id, CASE WHEN g = 1700 THEN ARRAY[1, 2]"
+        " ELSE ARRAY[g, 2, 3, 4, 5, 6, 7, 8] END::float8[] AS features"
+        " FROM generate_series(1, 2500) g"
+    )
+    query = "SELECT azure_ml.score(features) FROM many"
+    assert len(conn.execute(f"{query} LIMIT 1699").fetchall()) == 1699
+    # nothing is sent for the rows after the failing one, in its part or later
+    assert [row for run in rows_sent(azureml) for row in run] == list(range(1, 1700))
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as caught:
+        conn.execute(query).fetchall()
+    assert "input_data has 2 values" in caught.value.diag.message_primary
+
+
+def test_a_batch_that_a_query_error_ends_between_parts_is_given_up(conn, azureml):
+    conn.execute(
+        "CREATE TEMP TABLE many AS SELECT g AS id, ARRAY[g, 2, 3, 4, 5, 6, 7, 8]::float8[]"
+        " AS features FROM generate_series(1, 2500) g"
+    )
+    # row 1,500's argument fails in the node, after the first part's requests were sent
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        conn.execute(
+            "SELECT azure_ml.score(features[1:7] || 1 / (id - 1500)::float8) FROM many"
+        ).fetchall()
+    azureml.recorded.clear()  # the next statement's batch starts anew
+    scored = [row[0] for row in conn.execute("SELECT azure_ml.score(features) FROM many")]
+    features = [[g, 2, 3, 4, 5, 6, 7, 8] for g in range(1, 2501)]
+    assert scored == pytest.approx(HOUSING.predict(features))
+    # every row was sent (the failed statement's first requests may still land meanwhile)
+    assert {row for run in rows_sent(azureml) for row in run} == set(range(1, 2501))
+
+
 def test_outside_a_batchable_place_each_row_is_a_request_of_its_own(conn, azureml):
     query = (
         "SELECT g FROM generate_series(1, 4) g"

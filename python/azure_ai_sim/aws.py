@@ -9,7 +9,9 @@ roles); settings in aws_ml.settings override it.
 
 from __future__ import annotations
 
+import bisect
 import calendar
+import itertools
 import math
 import os
 import time
@@ -280,18 +282,26 @@ def chunks(
     max_bytes: float = math.inf,
 ) -> list[list[int]]:  # fmt: skip
     """The rows, in row order, in runs of no more than any of their rows' limit (the same
-    for every row, or limit(row)) rows, and of at most max_bytes of their sizes."""
+    for every row, or limit(row)) rows, and of at most max_bytes of their sizes (a
+    single row may have more). A run at a time, by slices: 1,000 rows in microseconds."""
     runs: list[list[int]] = []
-    most, total = 0, 0.0
-    for row in rows:
-        row_most = limit if isinstance(limit, int) else limit(row)
-        size = sizes[row] if sizes else 0
-        if not runs or len(runs[-1]) >= min(most, row_most) or total + size > max_bytes:
-            runs.append([row])
-            most, total = row_most, size
+    start = 0
+    while start < len(rows):
+        if isinstance(limit, int):
+            end = start + limit
         else:
-            runs[-1].append(row)
-            most, total = min(most, row_most), total + size
+            end, most = start + 1, limit(rows[start])
+            while end < len(rows):
+                most = min(most, limit(rows[end]))
+                if end - start >= most:
+                    break
+                end += 1
+        run = list(rows[start:end])
+        if sizes:
+            totals = itertools.accumulate(map(sizes.__getitem__, run))
+            run = run[: max(bisect.bisect_right(list(totals), max_bytes), 1)]
+        runs.append(run)
+        start += len(run)
     return runs
 
 
@@ -306,7 +316,7 @@ class RowBatch:
     def __init__(self, *columns: Sequence[Any] | None):
         """One array per argument of the per-row function, one element per row."""
         global _deferred
-        self._columns: list[list[Any]] = [[] for _ in columns]
+        self.columns: list[list[Any]] = [[] for _ in columns]  # per argument, every row
         self.results: list[Any] = []
         self.failure: tuple[int, errors.Error] | None = None
         self._sending = transport.Sending(stop_on_error=False)
@@ -319,11 +329,11 @@ class RowBatch:
     def extend(self, *columns: Sequence[Any] | None) -> None:
         """More rows: the next part of a batch that comes in parts."""
         lengths = {len(column) for column in columns if column is not None}
-        if None in columns or len(lengths) > 1 or len(columns) != len(self._columns):
+        if None in columns or len(lengths) > 1 or len(columns) != len(self.columns):
             raise errors.InvalidParameter(
                 "the arguments of a batch form must be arrays with one element per row"
             )
-        for mine, more in zip(self._columns, columns, strict=True):
+        for mine, more in zip(self.columns, columns, strict=True):
             mine.extend(more)  # type: ignore[arg-type]
         self.results.extend([None] * (lengths.pop() if lengths else 0))
 
@@ -331,7 +341,7 @@ class RowBatch:
         """The arguments of a row, when this call is for that one row only."""
         if len(self.results) != 1:
             return None
-        return tuple(column[row] for column in self._columns)
+        return tuple(column[row] for column in self.columns)
 
     @property
     def limit(self) -> int:
@@ -419,5 +429,5 @@ class RowBatch:
         row, error = self.failure
         if row == 0:
             raise error
-        _deferred = (tuple(column[row] for column in self._columns), error)
+        _deferred = (tuple(column[row] for column in self.columns), error)
         return self.results[:row]

@@ -6,11 +6,13 @@ of a batch share requests, and the answers go back to them by position."""
 
 from __future__ import annotations
 
+import bisect
 import functools
 import json
 import operator
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from azure_ai_sim import aws, azure_ml, errors, pg, redaction, transport
@@ -89,28 +91,31 @@ class Shape:
                 )
         return self._as_sent([values])[0]
 
-    def rows(self, values: list[Any]) -> tuple[list[Any], tuple[int, errors.Error] | None]:
-        """row() of each value, up to the first that does not fit: the rows before it,
-        and its index and error (None if all fit). A table's rows are all alike, so they
-        are checked a column at a time, which is many times faster than row by row."""
+    def rows(self, values: list[Any]) -> tuple[list[Any], tuple[int, errors.Error] | None, bool]:
+        """row() of each value, up to the first that does not fit: the rows before it, and
+        its index and error (None if all fit); and whether the rows are the values as
+        given, so that their JSON text is what the request carries. A table's rows are
+        all alike, so they are checked a column at a time, many times faster than row by
+        row."""
         fitting = self._in_bulk(values)
         if fitting is not None:
-            return fitting, None
+            return fitting[0], None, fitting[1]
         converted = []
         for index, value in enumerate(values):
             try:
                 converted.append(self.row(value))
             except errors.InvalidParameter as error:
-                return converted, (index, error)
-        return converted, None
+                return converted, (index, error), False
+        return converted, None, False
 
-    def _in_bulk(self, values: list[Any]) -> list[Any] | None:
-        """The rows as sent, if they are all arrays, or all objects of exactly the
-        columns, and each typed column holds its type; else None."""
+    def _in_bulk(self, values: list[Any]) -> tuple[list[Any], bool] | None:
+        """The rows as sent, and whether they are the values as given, if they are all
+        arrays, or all objects of exactly the columns, and each typed column holds its
+        type; else None."""
         names = self._names
         kinds = set(map(type, values))
         if kinds == {dict} and self.records and not self.columns:
-            return values
+            return values, True
         if kinds == {dict} and self.columns:
             if set(map(len, values)) != {len(names)}:
                 return None
@@ -121,16 +126,18 @@ class Shape:
                 ]  # fmt: skip
             except KeyError:
                 return None
+            # objects sent as objects, their keys already in the columns' order
+            as_given = self.records and all(map(tuple(names).__eq__, map(tuple, values)))
         elif kinds == {list}:
             if self.columns and set(map(len, values)) != {len(names)}:
                 return None
-            table = values
+            table, as_given = values, not (self.records and self.columns)
         else:
             return None
         for i, _, _, accepted in self._typed:
             if not set(map(type, map(operator.itemgetter(i), table))) <= accepted | {NONE}:
                 return None
-        return self._as_sent(table)
+        return (values, True) if as_given else (self._as_sent(table), False)
 
     def _as_sent(self, table: list[Any]) -> list[Any]:
         """Rows of the columns' values, as the request carries them."""
@@ -138,16 +145,19 @@ class Shape:
             return [dict(zip(self._names, values, strict=True)) for values in table]
         return table
 
-    def payload(self, rows: list[Any]) -> bytes:
+    def payload(self, rows: list[Any], as_text: bool = False) -> str:
+        """The request for rows: their values, or (as_text) each one's JSON text."""
+        data = "[" + ",".join(rows) + "]" if as_text else json.dumps(rows, separators=(",", ":"))
         if self.format == "web_service":
-            document: Any = {"Inputs": {self.input_name: rows}, "GlobalParameters": {}}
+            head = '{"Inputs":{' + json.dumps(self.input_name) + ":"
+            tail = '},"GlobalParameters":{}}'
         elif self.format == "input_data_split":
-            names = [name for name, _ in self.columns]
-            split = {"columns": names, "index": list(range(len(rows))), "data": rows}
-            document = {"input_data": split}
+            split = {"columns": self._names, "index": list(range(len(rows)))}
+            head = '{"input_data":' + json.dumps(split, separators=(",", ":"))[:-1] + ',"data":'
+            tail = "}}"
         else:
-            document = {self.format: rows}
-        return json.dumps(document, separators=(",", ":")).encode()
+            head, tail = "{" + json.dumps(self.format) + ":", "}"
+        return head + data + tail
 
     def predictions(self, answer: Any, count: int) -> list[Any]:
         """The answer's prediction for each row of the request, in order."""
@@ -296,13 +306,21 @@ def score(
     max_batch_count: int | None = None,
 ) -> str | None:
     """One row scored: its request in the endpoint's shape, its prediction as JSON."""
-    return _score(
+    columns = (
         [input_data], [timeout_ms], [throw_on_error], [deployment_name], [max_attempts],
         [retry_delay_ms], [max_batch_count],
-    )[0]  # fmt: skip
+    )  # fmt: skip
+    return _Scoring(columns, 1).answer()[0]
 
 
-def _score(
+# The batches that come in parts, by their number (extension/batch.c), with the statement
+# each began in: one that an error or a cancel ended early is given up once a batch of
+# another statement begins.
+_batches: dict[int, tuple[int, _Scoring]] = {}
+
+
+@pg.sql_function("azure_ml.score")
+def score_batch(
     input_data: list[str | None],
     timeout_ms: list[int | None],
     throw_on_error: list[bool | None],
@@ -310,96 +328,208 @@ def _score(
     max_attempts: list[int | None],
     retry_delay_ms: list[int | None],
     max_batch_count: list[int | None],
+    batch: int,
+    batch_rows: int,
+    last: bool,
 ) -> list[str | None]:
-    """Many rows scored: the rows of one deployment and the same retry arguments share a
-    request, up to max_batch_count rows (NULL: up to 1,000 rows or 1 MB, spread over the
-    parallel requests, at least 100 rows each), the requests several at once. A failing
-    request fails each of its rows: with throw_on_error false they are NULL with a
-    WARNING each; otherwise the first of them raises.
-
-    Each row's checks are a per-row call's, in its order (arguments, swagger, input), and
-    the first failing row's error is its own; but they run a group of rows at a time,
-    as a table's rows are alike."""
-    batch = aws.RowBatch(
+    """Many rows scored, a part of a batch at a time: each part's rows are checked, and
+    the requests they fill go out at once; the last part answers for all of them."""
+    columns = (
         input_data, timeout_ms, throw_on_error, deployment_name, max_attempts, retry_delay_ms,
         max_batch_count,
     )  # fmt: skip
-    warnings: dict[int, errors.Error] = {}
-    # jsonb's text, all rows parsed at once (one call of the C parser, not one per row)
-    parsed = json.loads("[" + ",".join("null" if v is None else v for v in input_data) + "]")
+    if batch in _batches:
+        _batches[batch][1].extend(columns)
+    else:
+        statement = pg.statement_id()[0]
+        for number, (begun, stale) in list(_batches.items()):
+            if begun != statement:
+                stale.rows.abandon()
+                del _batches[number]
+        _batches[batch] = (statement, _Scoring(columns, batch_rows))
+    if not last:
+        return []
+    return _batches.pop(batch)[1].answer()
 
-    groups: dict[tuple, list[int]] = {}  # rows by the arguments of their call
-    arguments = zip(deployment_name, timeout_ms, max_attempts, retry_delay_ms, strict=True)
-    for row, (value, group) in enumerate(zip(input_data, arguments, strict=True)):
-        if value is not None:  # NULL without a call
-            groups.setdefault(group, []).append(row)
-    calls: dict[tuple, azure_ml._Call] = {}
-    for group, rows in groups.items():
-        try:
-            deployment, timeout, attempts, delay = group
-            calls[group] = azure_ml._call(input_data[rows[0]], timeout, deployment, attempts, delay)
-        except errors.Error as error:
-            batch.fail(rows[0], error)
-    for row, most in enumerate(max_batch_count):
-        if most is not None and most < 1 and input_data[row] is not None:
-            batch.fail(
-                row, errors.InvalidParameter(f"max_batch_count must be at least 1, not {most}")
-            )
-            break
 
-    secrets: dict[str | None, str | None] = {}
-    shapes: dict[str | None, Shape | errors.Error] = {}
-    checked: dict[tuple, tuple[list[int], Shape, list[Any]]] = {}
-    for group, call in calls.items():
-        rows = [row for row in groups[group] if row < batch.limit]
-        if not rows:
-            continue
+class _Scoring:
+    """The rows of one batch: the rows of one deployment and the same retry arguments
+    share a request, up to max_batch_count rows (NULL: up to 1,000 rows or 1 MB, spread
+    over the parallel requests as aws.rows_per_request says), the requests several at
+    once. A failing request fails each of its rows: with throw_on_error false they are
+    NULL with a WARNING each; otherwise the first of them raises.
+
+    Each row's checks are a per-row call's, in its order (arguments, swagger, input), and
+    the first failing row's error is its own; but they run a group of rows at a time, as
+    a table's rows are alike."""
+
+    def __init__(self, columns: tuple[list[Any], ...], batch_rows: int):
+        self.rows = aws.RowBatch(*columns)
+        (
+            self.input_data, self.timeout_ms, self.throw_on_error, self.deployment_name,
+            self.max_attempts, self.retry_delay_ms, self.max_batch_count,
+        ) = self.rows.columns  # fmt: skip
+        self.most = aws.rows_per_request(batch_rows)
+        self.warnings: dict[int, errors.Error] = {}
+        self.calls: dict[tuple, azure_ml._Call] = {}  # by the group's arguments
+        self.secrets: dict[str | None, str | None] = {}
+        self.shapes: dict[str | None, Shape | errors.Error] = {}
+        self.waiting: dict[tuple, _Waiting] = {}  # checked rows not yet sent, by group
+        self._check(0)
+
+    def extend(self, columns: tuple[list[Any], ...]) -> None:
+        """The next part's rows."""
+        first = len(self.rows.results)
+        self.rows.extend(*columns)
+        self._check(first)
+
+    def answer(self) -> list[str | None]:
+        """Sends what is left, and waits: the results of the rows up to the first that
+        failed (aws.RowBatch.outcome)."""
+        for group in list(self.waiting):
+            self._send(group, everything=True)
+        self.rows.run()
+        for row in sorted(self.warnings):
+            if row < self.rows.limit:
+                pg.warning(self.warnings[row], "azure_ml.score")
+        return self.rows.outcome()
+
+    def _check(self, first: int) -> None:
+        """Checks the rows from first on, and sends the requests that they fill."""
+        rows, input_data = self.rows, self.input_data
+        # json's text, all rows parsed at once (one call of the C parser, not one per row)
+        texts = input_data[first:]
+        if None in texts:
+            texts = ["null" if text is None else text for text in texts]
+        parsed = json.loads("[" + ",".join(texts) + "]")
+        groups = self._groups(first)
+        for group, members in groups.items():
+            if group not in self.calls:
+                try:
+                    deployment, timeout, attempts, delay = group
+                    self.calls[group] = azure_ml._call(
+                        input_data[members[0]], timeout, deployment, attempts, delay
+                    )
+                except errors.Error as error:
+                    rows.fail(members[0], error)
+        for row, most in enumerate(self.max_batch_count[first:], first):
+            if most is not None and most < 1 and input_data[row] is not None:
+                error = errors.InvalidParameter(f"max_batch_count must be at least 1, not {most}")
+                rows.fail(row, error)
+                break
+        for group, members in groups.items():
+            members = members[: bisect.bisect_left(members, rows.limit)]
+            if not members or group not in self.calls:
+                continue
+            shape = self._shape(self.calls[group])
+            if isinstance(shape, errors.Error):
+                _failed(rows, self.warnings, self.throw_on_error, members, shape)
+                continue
+            inputs, bad, as_given = shape.rows([parsed[row - first] for row in members])
+            if bad is not None:
+                rows.fail(members[bad[0]], bad[1])
+            waiting = self.waiting.setdefault(group, _Waiting())
+            waiting.rows += members[: len(inputs)]
+            waiting.values += inputs
+            waiting.as_given += [as_given] * len(inputs)
+        for group in list(self.waiting):
+            self._send(group, everything=False)
+        rows.send()
+
+    def _shape(self, call: azure_ml._Call) -> Shape | errors.Error:
+        """The deployment's request shape, found once per batch, even when it fails."""
         deployment = call.deployment_name
-        if deployment not in shapes:  # once per batch, even when it fails
+        if deployment not in self.shapes:
             try:
-                secrets[deployment] = azure_ml._credential(call.settings, call.timing.deadline())
-                shapes[deployment] = shape_for(call, secrets[deployment])
+                secret = azure_ml._credential(call.settings, call.timing.deadline())
+                self.secrets[deployment] = secret
+                self.shapes[deployment] = shape_for(call, secret)
             except errors.Error as failure:
-                shapes[deployment] = failure
-        shape = shapes[deployment]
-        if isinstance(shape, errors.Error):
-            _failed(batch, warnings, throw_on_error, rows, shape)
-            continue
-        inputs, bad = shape.rows([parsed[row] for row in rows])
-        if bad is not None:
-            batch.fail(rows[bad[0]], bad[1])
-        checked[group] = (rows[: len(inputs)], shape, inputs)
+                self.shapes[deployment] = failure
+        return self.shapes[deployment]
 
-    def finish(chunk: list[int], shape: Shape, response: transport.Response) -> None:
-        predictions = shape.predictions(azure_ml.json_answer(response)[1], len(chunk))
-        for row, text in zip(chunk, map(_json, predictions), strict=True):
-            batch.results[row] = text
-
-    for group, (rows, shape, inputs) in checked.items():
-        call = calls[group]
-        by_row = dict(zip(rows, inputs, strict=True))
-        rows = [row for row in rows if row < batch.limit]
-        most = aws.rows_per_request(len(rows))
-        sizes = {row: len(input_data[row]) for row in rows}  # their inputs' JSON text
-        limit = functools.partial(_limit, max_batch_count, most)
-        for chunk in aws.chunks(rows, limit, sizes, MAX_BATCH_BYTES):
-            payload = shape.payload([by_row[row] for row in chunk])
-            request = azure_ml._Call(
-                payload.decode(), call.deployment_name, call.timing, call.settings, call.endpoint
-            ).request(secrets[call.deployment_name])
-            exchange = aws.Exchange(
-                chunk[0],
-                request,
-                call.timing,
-                lambda answer, c=chunk, s=shape: finish(c, s, answer),
+    def _groups(self, first: int) -> dict[tuple, list[int]]:
+        """The rows from first on that call, by the arguments of their call."""
+        inputs = self.input_data[first:]
+        calling = [row for row, value in enumerate(inputs, first) if value is not None]
+        if not calling:
+            return {}
+        columns = [
+            column[first:]
+            for column in (
+                self.deployment_name, self.timeout_ms, self.max_attempts, self.retry_delay_ms
             )
-            exchange.failed = functools.partial(_failed, batch, warnings, throw_on_error, chunk)
-            batch.add(exchange)
-    batch.run()
-    for row in sorted(warnings):
-        if row < batch.limit:
-            pg.warning(warnings[row], "azure_ml.score")
-    return batch.outcome()
+        ]  # fmt: skip
+        if all(column.count(column[0]) == len(column) for column in columns):
+            return {tuple(column[0] for column in columns): calling}  # a table's rows, mostly
+        groups: dict[tuple, list[int]] = {}
+        for row in calling:
+            groups.setdefault(tuple(column[row - first] for column in columns), []).append(row)
+        return groups
+
+    def _send(self, group: tuple, everything: bool) -> None:
+        """Requests of a group's waiting rows: those that are full, or all of them."""
+        waiting = self.waiting.pop(group)
+        waiting.forget(self.rows.limit)
+        texts = [self.input_data[row] for row in waiting.rows]
+        sizes = None  # their inputs' JSON text, if that may pass MAX_BATCH_BYTES
+        if sum(map(len, texts)) > MAX_BATCH_BYTES:
+            sizes = dict(zip(waiting.rows, map(len, texts), strict=True))
+        limit: int | Callable[[int], int] = self.most
+        counts = list(map(self.max_batch_count.__getitem__, waiting.rows))
+        if counts.count(None) != len(counts):
+            limit = functools.partial(_limit, self.max_batch_count, self.most)
+        runs = aws.chunks(waiting.rows, limit, sizes, MAX_BATCH_BYTES)
+        if runs and not everything:
+            tail = runs[-1]
+            if len(tail) < (limit if isinstance(limit, int) else min(map(limit, tail))):
+                runs.pop()  # not full: it waits for the next part's rows
+                self.waiting[group] = waiting.after(len(waiting.rows) - len(tail))
+        call = self.calls[group]
+        shape = self.shapes[call.deployment_name]
+        assert isinstance(shape, Shape)
+        start = 0
+        for run in runs:
+            end = start + len(run)
+            if all(waiting.as_given[start:end]):
+                payload = shape.payload(texts[start:end], as_text=True)
+            else:
+                payload = shape.payload(waiting.values[start:end])
+            start = end
+            request = azure_ml._Call(
+                payload, call.deployment_name, call.timing, call.settings, call.endpoint
+            ).request(self.secrets[call.deployment_name])
+            finish = functools.partial(self._finish, run, shape)
+            exchange = aws.Exchange(run[0], request, call.timing, finish)
+            exchange.failed = functools.partial(
+                _failed, self.rows, self.warnings, self.throw_on_error, run
+            )
+            self.rows.add(exchange)
+
+    def _finish(self, run: list[int], shape: Shape, response: transport.Response) -> None:
+        predictions = shape.predictions(azure_ml.json_answer(response)[1], len(run))
+        results = self.rows.results
+        for row, text in zip(run, map(_json, predictions), strict=True):
+            results[row] = text
+
+
+@dataclass
+class _Waiting:
+    """A group's rows that are checked and not yet sent, in row order: their values as
+    the request carries them, and whether each is the value as given (its JSON text is
+    then the request's)."""
+
+    rows: list[int] = field(default_factory=list)
+    values: list[Any] = field(default_factory=list)
+    as_given: list[bool] = field(default_factory=list)
+
+    def forget(self, limit: int) -> None:
+        """Drops the rows from limit on: a row before them failed."""
+        keep = bisect.bisect_left(self.rows, limit)
+        del self.rows[keep:], self.values[keep:], self.as_given[keep:]
+
+    def after(self, start: int) -> _Waiting:
+        return _Waiting(self.rows[start:], self.values[start:], self.as_given[start:])
 
 
 def _failed(
@@ -420,10 +550,6 @@ def _json(prediction: Any) -> str:
     """A prediction's JSON text; a float's repr is its JSON (the answer has no NaN:
     json_answer refuses it)."""
     return repr(prediction) if type(prediction) is float else json.dumps(prediction)
-
-
-# score for many rows: the batch form the batching node calls
-score_batch = pg.sql_function("azure_ml.score")(_score)
 
 
 def _limit(max_batch_count: list[int | None], most: int, row: int) -> int:

@@ -17,6 +17,7 @@ import pytest
 from processes import simulator_processes
 from test_batch_throughput import chunks, column, in_database, medians, rate, requests_sent
 
+from azure_ai_sim.sim.models import HOUSING
 from azure_ai_sim.transport import DEFAULT_PARALLEL_REQUESTS
 
 ROWS = 10_000
@@ -51,9 +52,11 @@ def bench_conn(database, endpoint):
 
 
 def send(url: str, rows: list) -> list:
-    """One request of rows, as azure_ml.score sends it; its predictions."""
+    """One request of rows, as azure_ml.score sends it (the swagger's pandas split form);
+    its predictions."""
+    split = {"columns": list(HOUSING.features), "index": list(range(len(rows))), "data": rows}
     request = urllib.request.Request(
-        url, json.dumps({"input_data": rows}).encode(), method="POST",
+        url, json.dumps({"input_data": split}).encode(), method="POST",
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"},
     )  # fmt: skip
     with urllib.request.urlopen(request) as answer:
