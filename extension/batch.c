@@ -36,7 +36,8 @@
  * functions for which its extension's internal schema has <name>_batch taking an array
  * of each argument (aws_sagemaker.invoke_endpoint's VARIADIC "any": the text fields of
  * each row's CSV record and their counts) and returning an array of its result type (or
- * of a composite with its OUT columns, or with one column of its result type).
+ * of a composite with its OUT columns, or with one column of its result type, or of
+ * text that the result type's input function reads).
  *
  * The node checks EXECUTE on each per-row function it replaces, as the executor would
  * have. EXPLAIN ANALYZE prints Aurora's "Batch Processing" line. Scrollable cursors are
@@ -656,7 +657,13 @@ typedef struct BatchCall
 	bool		elembyval;
 	char		elemalign;
 	int			unwrap;			/* 0: the element is the result; 1: its only column;
-								 * -1: a record of the function's OUT columns */
+								 * -1: a record of the function's OUT columns;
+								 * 2: the result's text */
+	FmgrInfo	input;			/* unwrap 2: the result type's input function */
+	Oid			ioparam;
+	MemoryContext scratch;		/* unwrap 2: what the input function leaves behind */
+	int16		resultlen;
+	bool		resultbyval;
 	TupleDesc	record;			/* unwrap -1: the OUT columns, blessed */
 	TupleDesc	element_desc;	/* unwrap -1: the element's columns */
 	Datum	   *results;		/* per row of the batch */
@@ -754,6 +761,19 @@ init_result(BatchCall *call)
 	if (call->element == rettype)
 	{
 		call->unwrap = 0;
+		return;
+	}
+	if (call->element == TEXTOID)
+	{
+		/* PL/Python makes text of a str many times faster than it makes jsonb */
+		Oid			input;
+
+		getTypeInputInfo(rettype, &input, &call->ioparam);
+		get_typlenbyval(rettype, &call->resultlen, &call->resultbyval);
+		fmgr_info(input, &call->input);
+		call->scratch = AllocSetContextCreate(CurrentMemoryContext, "azure_ai_sim batch results",
+											  ALLOCSET_SMALL_SIZES);
+		call->unwrap = 2;
 		return;
 	}
 	if (type_is_rowtype(call->element))
@@ -885,6 +905,19 @@ unwrap_result(BatchCall *call, Datum element)
 	{
 		case 1:
 			return GetAttributeByNum(DatumGetHeapTupleHeader(element), 1, &isnull);
+		case 2:
+			{
+				/* jsonb_in, say, allocates a kilobyte per value: only the value is kept */
+				MemoryContext old = MemoryContextSwitchTo(call->scratch);
+				Datum		value = InputFunctionCall(&call->input,
+													  TextDatumGetCString(element),
+													  call->ioparam, -1);
+
+				MemoryContextSwitchTo(old);
+				value = datumCopy(value, call->resultbyval, call->resultlen);
+				MemoryContextReset(call->scratch);
+				return value;
+			}
 		case -1:
 			{
 				/* the same values, formed as the function's own result is */

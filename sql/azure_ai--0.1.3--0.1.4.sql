@@ -2,7 +2,10 @@
 -- (to_json) in a fraction of the time it takes to become jsonb, whose numbers are parsed
 -- into numerics only to be printed again for the request. The jsonb and text forms call
 -- the core through a cast. Its batch form comes in parts: the batching node sends the
--- first rows' requests on their way while it reads the later rows.
+-- first rows' requests on their way while it reads the later rows. The batch forms of
+-- azure_ml.score and azure_ml.invoke return their results as text, which the node reads
+-- as jsonb: PL/Python makes a text array of 10,000 strings in a fifteenth of the time it
+-- takes to make a jsonb array.
 \echo Use "ALTER EXTENSION azure_ai UPDATE TO '0.1.4'" to load this file. \quit
 
 CREATE FUNCTION azure_ml.score(
@@ -88,7 +91,7 @@ CREATE FUNCTION azure_ai_internal.score_batch(
     batch bigint,
     batch_rows integer,
     last boolean
-) RETURNS jsonb[]
+) RETURNS text[]
     LANGUAGE azure_ai_plpython VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -106,6 +109,31 @@ REVOKE EXECUTE ON FUNCTION azure_ai_internal.score_batch(
     boolean
 ) FROM PUBLIC;
 
+DROP FUNCTION azure_ai_internal.invoke_batch(
+    jsonb[], integer[], boolean[], text[], integer[], integer[]
+);
+
+CREATE FUNCTION azure_ai_internal.invoke_batch(
+    input_data jsonb[],
+    timeout_ms integer[],
+    throw_on_error boolean[],
+    deployment_name text[],
+    max_attempts integer[],
+    retry_delay_ms integer[]
+) RETURNS text[]
+    LANGUAGE azure_ai_plpython VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    #BOOT
+    from azure_ai_sim import azure_ml
+    return azure_ml.invoke_batch(input_data, timeout_ms, throw_on_error, deployment_name,
+                                 max_attempts, retry_delay_ms)
+$$;
+
+REVOKE EXECUTE ON FUNCTION
+    azure_ai_internal.invoke_batch(jsonb[], integer[], boolean[], text[], integer[], integer[])
+FROM PUBLIC;
+
 COMMENT ON FUNCTION azure_ml.score(json, integer, boolean, text, integer, integer, integer) IS
     'One row''s prediction from the Azure ML endpoint, the request shaped by its swagger';
 COMMENT ON FUNCTION azure_ml.score(jsonb, integer, boolean, text, integer, integer, integer)
@@ -114,3 +142,6 @@ COMMENT ON FUNCTION azure_ai_internal.score_batch(
     json[], integer[], boolean[], text[], integer[], integer[], integer[], bigint, integer,
     boolean
 ) IS 'azure_ml.score for many rows, in parts: shared requests, several at once';
+COMMENT ON FUNCTION
+    azure_ai_internal.invoke_batch(jsonb[], integer[], boolean[], text[], integer[], integer[])
+IS 'azure_ml.invoke for many rows: requests in parallel';

@@ -448,9 +448,10 @@ def test_bedrock_batches_equal_per_row(conn, sims):
 
 # --- Azure ML --------------------------------------------------------------------------------
 
+# its results are text, which the batching node reads as jsonb
 INVOKE_BATCH = (
     "SELECT azure_ai_internal.invoke_batch(%s::jsonb[], %s::int[], %s::boolean[], %s::text[],"
-    " %s::int[], %s::int[])"
+    " %s::int[], %s::int[])::jsonb[]"
 )
 INVOKE_ROW = "SELECT azure_ml.invoke(%s::jsonb, %s, %s, %s, %s, %s)"
 GOOD = '{"input_data": [[1, 2, 3, 4, 5, 6, 7, 8]]}'
