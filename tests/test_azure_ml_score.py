@@ -33,6 +33,18 @@ def scoring_requests(azureml) -> list[dict]:
     return [r for r in azureml.recorded.snapshot() if r["path"].endswith("/score")]
 
 
+def houses(conn, name: str, rows: int, short_row: int | None = None) -> list[list[int]]:
+    """A temp table `name` of rows (id, features); row short_row has 2 features, not 8.
+    Returns the features of the other rows, by id."""
+    conn.execute(
+        f"CREATE TEMP TABLE {name} AS SELECT g AS id, CASE WHEN g = %s THEN ARRAY[1, 2]"
+        " ELSE ARRAY[g, 2, 3, 4, 5, 6, 7, 8] END::float8[] AS features"
+        " FROM generate_series(1, %s) g",
+        (short_row, rows),
+    )
+    return [[g, 2, 3, 4, 5, 6, 7, 8] for g in range(1, rows + 1)]
+
+
 def test_an_array_is_one_row_of_the_request(conn, azureml):
     (prediction,) = conn.execute(
         "SELECT azure_ml.score(%s::float8[])", (HOUSING_ROWS[1],)
@@ -45,10 +57,7 @@ def test_an_array_is_one_row_of_the_request(conn, azureml):
 
 
 def test_a_table_is_scored_in_shared_requests_equal_to_per_row_invoke(conn, azureml):
-    conn.execute(
-        "CREATE TEMP TABLE houses AS SELECT g AS id, ARRAY[g, 2, 3, 4, 5, 6, 7, 8]::float8[]"
-        " AS features FROM generate_series(1, 30) g"
-    )
+    houses(conn, "houses", 30)
     query = "SELECT id, azure_ml.score(features) FROM houses ORDER BY id"
     plan = [r[0] for r in conn.execute(f"EXPLAIN (ANALYZE, COSTS OFF) {query}")]
     assert [int(m[1]) for m in map(BATCH_LINE.search, plan) if m] == [1]
@@ -86,27 +95,19 @@ def rows_sent(azureml) -> list[list[int]]:
 def test_a_batch_of_many_parts_is_one_batch_and_its_requests_are_full(conn, azureml):
     # 2,500 rows: the node hands them to the batch form in parts of 1,000 as it reads them;
     # the rows are spread over the parallel requests (250 each) across the parts
-    conn.execute(
-        "CREATE TEMP TABLE many AS SELECT g AS id, ARRAY[g, 2, 3, 4, 5, 6, 7, 8]::float8[]"
-        " AS features FROM generate_series(1, 2500) g"
-    )
+    features = houses(conn, "many", 2500)
     query = "SELECT id, azure_ml.score(features) FROM many"
     plan = [r[0] for r in conn.execute(f"EXPLAIN (ANALYZE, COSTS OFF) {query}")]
     assert "num batches=1 avg/min/max batch size=2500.000" in "".join(plan)
     azureml.recorded.clear()
     scored = conn.execute(query).fetchall()
     assert [row[0] for row in scored] == list(range(1, 2501))
-    features = [[g, 2, 3, 4, 5, 6, 7, 8] for g in range(1, 2501)]
     assert [row[1] for row in scored] == pytest.approx(HOUSING.predict(features))
     assert rows_sent(azureml) == [list(range(g, g + 250)) for g in range(1, 2501, 250)]
 
 
 def test_a_failing_row_in_a_later_part_fails_alone(conn, azureml):
-    conn.execute(
-        "CREATE TEMP TABLE many AS SELECT g AS id, CASE WHEN g = 1700 THEN ARRAY[1, 2]"
-        " ELSE ARRAY[g, 2, 3, 4, 5, 6, 7, 8] END::float8[] AS features"
-        " FROM generate_series(1, 2500) g"
-    )
+    houses(conn, "many", 2500, short_row=1700)
     query = "SELECT azure_ml.score(features) FROM many"
     assert len(conn.execute(f"{query} LIMIT 1699").fetchall()) == 1699
     # nothing is sent for the rows after the failing one, in its part or later
@@ -117,10 +118,7 @@ def test_a_failing_row_in_a_later_part_fails_alone(conn, azureml):
 
 
 def test_a_batch_that_a_query_error_ends_between_parts_is_given_up(conn, azureml):
-    conn.execute(
-        "CREATE TEMP TABLE many AS SELECT g AS id, ARRAY[g, 2, 3, 4, 5, 6, 7, 8]::float8[]"
-        " AS features FROM generate_series(1, 2500) g"
-    )
+    features = houses(conn, "many", 2500)
     # row 1,500's argument fails in the node, after the first part's requests were sent
     with pytest.raises(psycopg.errors.DivisionByZero):
         conn.execute(
@@ -128,7 +126,6 @@ def test_a_batch_that_a_query_error_ends_between_parts_is_given_up(conn, azureml
         ).fetchall()
     azureml.recorded.clear()  # the next statement's batch starts anew
     scored = [row[0] for row in conn.execute("SELECT azure_ml.score(features) FROM many")]
-    features = [[g, 2, 3, 4, 5, 6, 7, 8] for g in range(1, 2501)]
     assert scored == pytest.approx(HOUSING.predict(features))
     # every row was sent (the failed statement's first requests may still land meanwhile)
     assert {row for run in rows_sent(azureml) for row in run} == set(range(1, 2501))
@@ -177,11 +174,7 @@ def test_inputs_that_fit_no_row_are_refused_before_sending(conn, azureml):
 
 
 def test_a_row_that_does_not_fit_fails_alone_after_the_rows_before_it(conn, azureml):
-    conn.execute(
-        "CREATE TEMP TABLE uneven AS SELECT g AS id, CASE WHEN g = 3 THEN ARRAY[1, 2]"
-        " ELSE ARRAY[g, 2, 3, 4, 5, 6, 7, 8] END::float8[] AS features"
-        " FROM generate_series(1, 5) g"
-    )
+    houses(conn, "uneven", 5, short_row=3)
     query = "SELECT azure_ml.score(features) FROM uneven"
     # one batch of 5 rows: the two before row 3 are sent and answered, nothing after it
     assert [row[0] for row in conn.execute(f"{query} LIMIT 2")] == pytest.approx(
