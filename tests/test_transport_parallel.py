@@ -548,6 +548,42 @@ def test_the_deadline_ends_every_request_in_flight(conn, sim):
 # --- TLS ---------------------------------------------------------------------------------
 
 
+# A row batch whose first request fails before it is ever in flight (a URL the transport
+# refuses): its failure adds a request for the row, as a refused batch request does.
+FALLBACK = """
+    from azure_ai_sim import aws, pg, transport
+
+    @pg.sql_function("fallback")
+    def run(url):
+        batch = aws.RowBatch([url])
+        def good(failure):
+            request = transport.Request("POST", url, {"Authorization": "Bearer sim-key",
+                "Content-Type": "application/json"}, b'{"input_data": [[1,2,3,4,5,6,7,8]]}', 4096)
+            batch.add(aws.Exchange(0, request, aws.TIMING, finish))
+        def finish(response):
+            batch.results[0] = response.body.decode()
+        refused = aws.Exchange(0, transport.Request("POST", "ftp://nowhere/", {}, b"", 4096),
+                               aws.TIMING, finish, failed=good)
+        batch.add(refused)
+        batch.run()
+        return batch.outcome()[0]
+
+    return run(url)
+"""
+
+
+def test_a_failure_before_anything_is_in_flight_may_add_requests(conn, sim):
+    source = conn.execute("SELECT prosrc FROM pg_proc WHERE oid = 'azure_ai.version'::regproc")
+    prologue = source.fetchone()[0].split(BODY_AFTER_BOOT)[0]
+    conn.execute(
+        "CREATE OR REPLACE FUNCTION pg_temp.fallback(url text) RETURNS jsonb "
+        f"LANGUAGE azure_ai_plpython AS $body${prologue}{FALLBACK}$body$"
+    )
+    (answer,) = conn.execute("SELECT pg_temp.fallback(%s)", (sim.url + "/score",)).fetchone()
+    assert answer == pytest.approx(HOUSING.predict([[1, 2, 3, 4, 5, 6, 7, 8]]))
+    assert sim.counts()["served"] == 1
+
+
 def test_https_requests_in_flight_at_once(server):
     """Non-blocking TLS handshakes, several at once, against a certificate the server
     trusts (SSL_CERT_FILE of a cluster of its own)."""

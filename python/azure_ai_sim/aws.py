@@ -388,9 +388,9 @@ class RowBatch:
         is left."""
         sending = self._sending
         try:
-            while sending.turn(wait=True):
+            # an outcome may add requests (a refused batch's rows, one by one)
+            while sending.turn(wait=True) or sending.ended:
                 self._take()
-            self._take()
         finally:
             sending.abandon()
 
