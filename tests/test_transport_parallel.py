@@ -518,36 +518,6 @@ def test_statement_timeout_ends_a_batch(database, sim):
         assert (slow.served, slow.connections) == (8, 8)
 
 
-def test_each_request_may_have_a_deadline_of_its_own(conn, sim):
-    """Five requests of 300 ms, one at a time, 1 s each: as one batch's deadline, the last
-    ones cannot make it; as a deadline per request, made when each starts, all do."""
-    conn.execute(f"SET {SETTING} = 1")
-    sim.latency_ms = 300
-    requests = [score(sim, i) for i in range(5)]
-    shared = send_batch(conn, requests, timeout_ms=1000, stop_on_error=False)
-    assert shared[-1]["sqlstate"] == "57014"
-    assert shared[-1]["message"] == f"no response from {sim.url}/score within 1000 ms"
-    own = send_batch(conn, requests, timeout_ms=1000, deadline_per_request=True)
-    for index, outcome in enumerate(own):
-        assert_scored(outcome, index)
-
-
-def test_the_deadline_ends_every_request_in_flight(conn, sim):
-    conn.execute(f"SET {SETTING} = 8")
-    sim.latency_ms = 60_000
-    outcomes = send_batch(
-        conn, [score(sim, i) for i in range(12)], timeout_ms=300, stop_on_error=False
-    )
-    messages = {outcome["message"] for outcome in outcomes}
-    assert messages == {f"no response from {sim.url}/score within 300 ms"}
-    assert {outcome["sqlstate"] for outcome in outcomes} == {"57014"}
-    assert {outcome["detail"] for outcome in outcomes} == {"attempts: 1."}
-    assert (sim.served, sim.connections) == (8, 8)  # no time was left to connect the others
-
-
-# --- TLS ---------------------------------------------------------------------------------
-
-
 # A row batch whose first request fails before it is ever in flight (a URL the transport
 # refuses): its failure adds a request for the row, as a refused batch request does.
 FALLBACK = """
@@ -582,6 +552,36 @@ def test_a_failure_before_anything_is_in_flight_may_add_requests(conn, sim):
     (answer,) = conn.execute("SELECT pg_temp.fallback(%s)", (sim.url + "/score",)).fetchone()
     assert answer == pytest.approx(HOUSING.predict([[1, 2, 3, 4, 5, 6, 7, 8]]))
     assert sim.counts()["served"] == 1
+
+
+def test_each_request_may_have_a_deadline_of_its_own(conn, sim):
+    """Five requests of 300 ms, one at a time, 1 s each: as one batch's deadline, the last
+    ones cannot make it; as a deadline per request, made when each starts, all do."""
+    conn.execute(f"SET {SETTING} = 1")
+    sim.latency_ms = 300
+    requests = [score(sim, i) for i in range(5)]
+    shared = send_batch(conn, requests, timeout_ms=1000, stop_on_error=False)
+    assert shared[-1]["sqlstate"] == "57014"
+    assert shared[-1]["message"] == f"no response from {sim.url}/score within 1000 ms"
+    own = send_batch(conn, requests, timeout_ms=1000, deadline_per_request=True)
+    for index, outcome in enumerate(own):
+        assert_scored(outcome, index)
+
+
+def test_the_deadline_ends_every_request_in_flight(conn, sim):
+    conn.execute(f"SET {SETTING} = 8")
+    sim.latency_ms = 60_000
+    outcomes = send_batch(
+        conn, [score(sim, i) for i in range(12)], timeout_ms=300, stop_on_error=False
+    )
+    messages = {outcome["message"] for outcome in outcomes}
+    assert messages == {f"no response from {sim.url}/score within 300 ms"}
+    assert {outcome["sqlstate"] for outcome in outcomes} == {"57014"}
+    assert {outcome["detail"] for outcome in outcomes} == {"attempts: 1."}
+    assert (sim.served, sim.connections) == (8, 8)  # no time was left to connect the others
+
+
+# --- TLS ---------------------------------------------------------------------------------
 
 
 def test_https_requests_in_flight_at_once(server):
