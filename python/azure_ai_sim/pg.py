@@ -47,6 +47,9 @@ class _Backend:
         self.statement_start = postgres.GetCurrentStatementStartTimestamp
         self.statement_start.restype = ctypes.c_int64  # TimestampTz: microseconds
         self.statement_start.argtypes = []
+        self.outer_user = postgres.GetOuterUserId
+        self.outer_user.restype = ctypes.c_uint32  # Oid
+        self.outer_user.argtypes = []
         self.subtransaction = postgres.GetCurrentSubTransactionId
         self.subtransaction.restype = ctypes.c_uint32  # SubTransactionId
         self.subtransaction.argtypes = []
@@ -108,6 +111,12 @@ def in_parallel_mode() -> bool:
     server. So this must be known without SPI.
     """
     return _postgres().is_in_parallel_mode()
+
+
+def outer_user() -> int:
+    """The role that called our SECURITY DEFINER function: the session's role after SET
+    ROLE (GetOuterUserId), not the function's owner."""
+    return int(_postgres().outer_user())
 
 
 def statement_id() -> tuple[int, int]:

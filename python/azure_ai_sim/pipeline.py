@@ -1,0 +1,757 @@
+"""ml_pipeline: keep a column of a table (or a sink table keyed like it) equal to one of our
+functions of each row, as the Aurora docs advise ("materialize the result ... so that the
+service isn't invoked more than once") but without a hand-written job.
+
+- Change capture: statement triggers with transition tables queue the keys of rows whose
+  input columns changed (one queue row per key, its version counting the changes), and
+  drop those of deleted rows. An UPDATE of other columns queues nothing.
+- Backfill: a worker queues the existing rows that have no result, 10,000 keys at a time,
+  a transaction each, from where the last one stopped.
+- Work: a batch of queued keys, taken with session advisory locks (a worker that dies
+  lets go of them; none blocks a writer of the source), is computed in one query, so that
+  batch mode sends it several requests at a time; the results are written and the keys
+  dropped from the queue in one transaction, unless a newer change came meanwhile.
+- Failures: a row whose call fails is retried later with backoff, its attempts counted;
+  a permanent error, or too many attempts, puts it among the dead letters.
+
+What runs a user's expression, or writes the user's tables, runs as the caller (create,
+run, drop); what touches only the extension's tables runs as its owner, for the
+pipeline's owner (a member of its role) or a superuser.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from typing import Any
+
+from azure_ai_sim import errors, pg
+
+BACKFILL_KEYS = 10_000
+IDLE_SECONDS = 0.2  # continuous mode: how often an empty queue is looked at again
+# SQLSTATEs worth another attempt: timeouts, throttling, the service's or the network's
+# failures, and PostgreSQL's serialization failures and deadlocks.
+TRANSIENT = re.compile(r"57014|53\w\w\w|58000|58030|40001|40P01")
+MAX_BACKOFF_SECONDS = 300.0
+NEW, OLD = "ml_pipeline_new", "ml_pipeline_old"  # the transition tables
+CTE = "ml_pipeline_batch"
+
+# The keys this session holds the advisory locks of, by pipeline: run lets go of them
+# whatever way it ends (session locks outlive a rolled-back transaction).
+_held: dict[str, set[str]] = {}
+
+
+def _error(message: str, sqlstate: str = "22023") -> errors.Error:
+    return errors.Error(f"ml_pipeline: {message}", sqlstate=sqlstate)
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _one(query: str, *args: Any, types: tuple[str, ...] = ()) -> dict | None:
+    rows = pg.execute(query, types, args)
+    return rows[0] if rows else None
+
+
+# --- declaring -------------------------------------------------------------------------
+
+
+@pg.sql_function("ml_pipeline.create")
+def create(
+    name: str | None, source: str | None, expression: str | None, target: str | None,
+    sink: str | None, batch_size: int | None, max_attempts: int | None,
+) -> None:  # fmt: skip
+    """As the caller, in the caller's search_path (which the expression keeps): checks the
+    expression over the source, adds the target column (or makes the sink), has the
+    extension's owner store the declaration, and makes the source's triggers."""
+    for argument, value in (("name", name), ("source", source), ("expression", expression),
+                            ("target", target)):  # fmt: skip
+        if not value:
+            raise _error(f"{argument} must not be NULL or empty")
+    assert name and source and expression and target
+    table = _one("SELECT $1::regclass::oid AS oid, $1::regclass::text AS name", source,
+                 types=("text",))  # fmt: skip
+    assert table is not None
+    keys = _key_columns(table["oid"])
+    inputs, kind = _inputs(table["name"], expression)
+    if target in inputs and sink is None:
+        raise _error(f'target "{target}" is an input of the expression')
+    sink_oid = None
+    if sink is None:
+        _add_column(table["name"], target, kind)
+    else:
+        sink_oid = _sink(sink, table["oid"], keys, target, kind)
+    pg.execute(
+        "SELECT ml_pipeline_internal.register($1, $2::regclass, $3, $4,"
+        " current_setting('search_path'), $5, $6::regclass, $7, $8)",
+        ("text", "oid", "text[]", "text", "text", "oid", "integer", "integer"),
+        (name, table["oid"], inputs, expression, target, sink_oid, batch_size or 1000,
+         max_attempts or 5),
+    )  # fmt: skip
+    for operation, transitions in (
+        ("INSERT", f"NEW TABLE AS {NEW}"),
+        ("UPDATE", f"OLD TABLE AS {OLD} NEW TABLE AS {NEW}"),
+        ("DELETE", f"OLD TABLE AS {OLD}"),
+    ):
+        trigger = _quote(f"ml_pipeline {name} {operation.lower()}"[:63])
+        _run(
+            f"CREATE TRIGGER {trigger} AFTER {operation} ON {table['name']} REFERENCING"
+            f" {transitions} FOR EACH STATEMENT EXECUTE FUNCTION"
+            f" ml_pipeline_internal.capture({_literal(name)})"
+        )
+
+
+def _run(statement: str) -> None:
+    """A statement made here once (DDL): not worth a saved plan."""
+    import plpy
+
+    plpy.execute(statement)
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _key_columns(table: int) -> list[str]:
+    row = _one(
+        "SELECT array_agg(a.attname::text ORDER BY k.n) AS keys FROM pg_index i,"
+        " unnest(i.indkey) WITH ORDINALITY k(attnum, n)"
+        " JOIN pg_attribute a ON a.attrelid = $1 AND a.attnum = k.attnum"
+        " WHERE i.indrelid = $1 AND i.indisprimary",
+        table, types=("oid",),
+    )  # fmt: skip
+    if row is None or not row["keys"]:
+        raise _error("the source needs a primary key, which names its rows in the queue")
+    return row["keys"]
+
+
+def _inputs(table: str, expression: str) -> tuple[list[str], str]:
+    """The columns of the source that the expression reads, and its result's type: from a
+    temporary view of it, checked with the caller's rights."""
+    import plpy
+
+    view = "pg_temp.ml_pipeline_expression"
+    try:
+        with plpy.subtransaction():
+            plpy.execute(f"CREATE TEMP VIEW ml_pipeline_expression AS SELECT ({expression})"
+                         f" AS value FROM {table}")  # fmt: skip
+    except plpy.SPIError as failure:
+        raise _error(f"the expression does not work over {table}: {failure}") from None
+    try:
+        columns = pg.execute(
+            "SELECT DISTINCT a.attname::text AS name FROM pg_rewrite r"
+            " JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid"
+            " JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid"
+            " WHERE r.ev_class = $1::regclass AND d.refobjid = $2::regclass"
+            " AND d.refobjsubid > 0 ORDER BY 1",
+            ("text", "text"), (view, table),
+        )  # fmt: skip
+        kind = _one(
+            "SELECT format_type(atttypid, atttypmod) AS kind FROM pg_attribute"
+            " WHERE attrelid = $1::regclass AND attname = 'value'",
+            view, types=("text",),
+        )  # fmt: skip
+    finally:
+        plpy.execute(f"DROP VIEW {view}")
+    if not columns:
+        raise _error("the expression reads no column of the source")
+    assert kind is not None
+    return [column["name"] for column in columns], kind["kind"]
+
+
+def _add_column(table: str, column: str, kind: str) -> None:
+    found = _one(
+        "SELECT format_type(atttypid, atttypmod) AS kind FROM pg_attribute"
+        " WHERE attrelid = $1::regclass AND attname = $2 AND NOT attisdropped",
+        table, column, types=("text", "text"),
+    )  # fmt: skip
+    if found is None:
+        _run(f"ALTER TABLE {table} ADD COLUMN {_quote(column)} {kind}")
+
+
+def _sink(sink: str, source: int, keys: list[str], target: str, kind: str) -> int:
+    """The sink table (made, if missing, with the source's key and the target)."""
+    if _one("SELECT to_regclass($1) AS oid", sink, types=("text",))["oid"] is None:  # type: ignore[index]
+        columns = pg.execute(
+            "SELECT attname::text AS name, format_type(atttypid, atttypmod) AS kind"
+            " FROM pg_attribute WHERE attrelid = $1 AND attname = ANY($2)",
+            ("oid", "text[]"), (source, keys),
+        )  # fmt: skip
+        kinds = {column["name"]: column["kind"] for column in columns}
+        definition = ", ".join(f"{_quote(key)} {kinds[key]}" for key in keys)
+        key_list = ", ".join(map(_quote, keys))
+        _run(
+            f"CREATE TABLE {sink} ({definition}, {_quote(target)} {kind},"
+            f" PRIMARY KEY ({key_list}))"
+        )
+    return _one("SELECT $1::regclass::oid AS oid", sink, types=("text",))["oid"]  # type: ignore[index]
+
+
+@pg.sql_function("ml_pipeline.create")
+def register(
+    name: str, source: str, inputs: list[str], expression: str, search_path: str,
+    target: str, sink: str | None, batch_size: int, max_attempts: int,
+) -> None:  # fmt: skip
+    """As the extension's owner: stores the declaration, with its triggers' SQL made here
+    from the catalog, for the owner of the source (and of the sink)."""
+    caller = _caller()
+    for table in filter(None, (source, sink)):
+        owner = _one(
+            "SELECT pg_has_role($1, relowner, 'MEMBER') AS owns FROM pg_class"
+            " WHERE oid = $2::regclass",
+            caller, table, types=("oid", "text"),
+        )  # fmt: skip
+        if not owner or not owner["owns"]:
+            raise _error(f"only the owner of {table} may declare a pipeline over it", "42501")
+    keys = _key_columns(_one("SELECT $1::regclass::oid AS oid", source, types=("text",))["oid"])  # type: ignore[index]
+    known = {
+        row["name"]
+        for row in pg.execute(
+            "SELECT attname::text AS name FROM pg_attribute WHERE attrelid = $1::regclass"
+            " AND attnum > 0 AND NOT attisdropped",
+            ("text",), (source,),
+        )
+    }  # fmt: skip
+    if not set(inputs) <= known:
+        raise _error(f"{source} has no column {', '.join(sorted(set(inputs) - known))}")
+    insert, update, delete = _capture(keys, inputs, sink)
+    try:
+        pg.execute(
+            "INSERT INTO ml_pipeline.pipelines (name, owner, source, key_columns,"
+            " input_columns, expression, search_path, target_column, sink, batch_size,"
+            " max_attempts, capture_insert, capture_update, capture_delete)"
+            " VALUES ($1, $2::oid::regrole, $3::regclass, $4, $5, $6, $7, $8, $9::regclass,"
+            " $10, $11, $12, $13, $14)",
+            ("text", "oid", "text", "text[]", "text[]", "text", "text", "text", "text",
+             "integer", "integer", "text", "text", "text"),
+            (name, caller, source, keys, inputs, expression, search_path, target, sink,
+             batch_size, max_attempts, insert, update, delete),
+        )  # fmt: skip
+    except Exception as failure:
+        if getattr(failure, "sqlstate", None) == "23505":
+            raise _error(f'a pipeline "{name}" exists already', "42710") from None
+        raise
+
+
+def _key(keys: list[str], alias: str) -> str:
+    """A row's key as the queue holds it: a JSON array of its key columns."""
+    return "jsonb_build_array(" + ", ".join(f"{alias}.{_quote(k)}" for k in keys) + ")"
+
+
+def _capture(keys: list[str], inputs: list[str], sink: str | None) -> tuple[str, str, str]:
+    """The SQL of the source's triggers: queue the keys of new rows and of rows whose
+    inputs changed (a changed key is a deleted row and a new one); drop deleted rows'
+    work, dead letters and sink rows."""
+    queue = (
+        "INSERT INTO ml_pipeline.queue AS q (pipeline, key) SELECT $1, key FROM changed"
+        " ON CONFLICT (pipeline, key) DO UPDATE SET version = q.version + 1,"
+        " queued = now(), attempts = 0, not_before = now(), last_error = NULL"
+    )
+    revive = (
+        "revived AS (DELETE FROM ml_pipeline.dead_letters d WHERE d.pipeline = $1"
+        " AND d.key IN (SELECT key FROM changed))"
+    )
+    insert = f"WITH changed AS (SELECT {_key(keys, 'n')} AS key FROM {NEW} n), {revive} {queue}"
+    same_key = " AND ".join(f"o.{_quote(k)} = n.{_quote(k)}" for k in keys)
+    old_inputs = "ROW(" + ", ".join(f"o.{_quote(c)}" for c in inputs) + ")"
+    new_inputs = "ROW(" + ", ".join(f"n.{_quote(c)}" for c in inputs) + ")"
+    update = (
+        f"WITH changed AS (SELECT {_key(keys, 'n')} AS key FROM {NEW} n"
+        f" LEFT JOIN {OLD} o ON {same_key}"
+        f" WHERE o.{_quote(keys[0])} IS NULL OR {old_inputs} IS DISTINCT FROM {new_inputs}),"
+        f" gone AS (SELECT {_key(keys, 'o')} AS key FROM {OLD} o"
+        f" WHERE NOT EXISTS (SELECT FROM {NEW} n WHERE {same_key})),"
+        f" {revive}, {_drop('gone', keys, sink)} {queue}"
+    )
+    delete = (
+        f"WITH gone AS (SELECT {_key(keys, 'o')} AS key FROM {OLD} o),"
+        f" {_drop('gone', keys, sink)} SELECT"
+    )
+    return insert, update, delete
+
+
+def _drop(gone: str, keys: list[str], sink: str | None) -> str:
+    """CTEs that drop the queued work, the dead letters and the sink rows of keys gone."""
+    ctes = [
+        f"unqueued AS (DELETE FROM ml_pipeline.queue q WHERE q.pipeline = $1"
+        f" AND q.key IN (SELECT key FROM {gone}))",
+        f"forgotten AS (DELETE FROM ml_pipeline.dead_letters d WHERE d.pipeline = $1"
+        f" AND d.key IN (SELECT key FROM {gone}))",
+    ]
+    if sink:
+        ctes.append(
+            f"unsunk AS (DELETE FROM {sink} s WHERE {_key(keys, 's')} IN (SELECT key FROM {gone}))"
+        )
+    return ", ".join(ctes)
+
+
+def _caller() -> int:
+    """The role that called our SECURITY DEFINER function (after SET ROLE)."""
+    return pg.outer_user()
+
+
+def _check_owner(name: str) -> dict:
+    """The declaration, if the caller is (a member of) its owner, or a superuser."""
+    row = _one(
+        "SELECT p.*, pg_has_role($2, p.owner, 'MEMBER') AS owns"
+        " FROM ml_pipeline.pipelines p WHERE p.name = $1",
+        name, _caller(), types=("text", "oid"),
+    )  # fmt: skip
+    if row is None:
+        raise _error(f'no pipeline "{name}"', "42704")
+    if not row["owns"]:
+        raise _error(f'pipeline "{name}" belongs to {row["owner"]}', "42501")
+    return row
+
+
+@pg.sql_function("ml_pipeline.alter")
+def alter(name: str, batch_size: int | None, max_attempts: int | None) -> None:
+    _check_owner(name)
+    pg.execute(
+        "UPDATE ml_pipeline.pipelines SET batch_size = coalesce($2, batch_size),"
+        " max_attempts = coalesce($3, max_attempts) WHERE name = $1",
+        ("text", "integer", "integer"), (name, batch_size, max_attempts),
+    )  # fmt: skip
+
+
+@pg.sql_function("ml_pipeline.pause")
+def set_paused(name: str, paused: bool) -> None:
+    _check_owner(name)
+    pg.execute("UPDATE ml_pipeline.pipelines SET paused = $2 WHERE name = $1",
+               ("text", "boolean"), (name, paused))  # fmt: skip
+
+
+@pg.sql_function("ml_pipeline.replay")
+def replay(name: str, key: str | None) -> int:
+    _check_owner(name)
+    row = _one(
+        "WITH replayed AS (DELETE FROM ml_pipeline.dead_letters d WHERE d.pipeline = $1"
+        " AND ($2::jsonb IS NULL OR d.key = $2::jsonb) RETURNING d.key),"
+        " queued AS (INSERT INTO ml_pipeline.queue AS q (pipeline, key)"
+        " SELECT $1, key FROM replayed ON CONFLICT (pipeline, key) DO UPDATE"
+        " SET attempts = 0, not_before = now() RETURNING 1)"
+        " SELECT count(*) AS n FROM queued",
+        name, key, types=("text", "text"),
+    )  # fmt: skip
+    return row["n"] if row else 0
+
+
+@pg.sql_function("ml_pipeline.drop")
+def drop(name: str) -> None:
+    """As the caller: the source's triggers go; then the declaration and its queue."""
+    row = _one("SELECT source::text AS source FROM ml_pipeline.pipelines WHERE name = $1",
+               name, types=("text",))  # fmt: skip
+    if row is None:
+        raise _error(f'no pipeline "{name}"', "42704")
+    pg.execute("SELECT ml_pipeline_internal.unregister($1)", ("text",), (name,))
+    for operation in ("insert", "update", "delete"):
+        trigger = _quote(f"ml_pipeline {name} {operation}"[:63])
+        _run(f"DROP TRIGGER IF EXISTS {trigger} ON {row['source']}")
+
+
+@pg.sql_function("ml_pipeline.drop")
+def unregister(name: str) -> None:
+    _check_owner(name)
+    pg.execute("DELETE FROM ml_pipeline.pipelines WHERE name = $1", ("text",), (name,))
+
+
+# --- working ---------------------------------------------------------------------------
+
+
+@pg.sql_function("ml_pipeline.run")
+def run(name: str | None, max_seconds: float | None, continuous: bool | None) -> None:
+    """Works the queues until they are empty (or max_seconds, or forever if continuous),
+    committing after every step."""
+    if max_seconds is not None and max_seconds < 0:
+        raise _error("max_seconds must not be negative")
+    end = None if max_seconds is None else time.monotonic() + max_seconds
+    try:
+        _work(name, end, bool(continuous))
+    finally:
+        for each, keys in list(_held.items()):
+            _unlock(each, list(keys))
+
+
+def _work(name: str | None, end: float | None, continuous: bool) -> None:
+    import plpy
+
+    while end is None or time.monotonic() < end:
+        names = [name] if name else _claim(None, {"step": "names"})["names"]
+        worked = False
+        for each in names:
+            worked |= _step(each)
+            plpy.commit()
+        if not worked:
+            if not continuous:
+                return
+            pg.sleep(IDLE_SECONDS if end is None else min(IDLE_SECONDS, end - time.monotonic()))
+
+
+def _step(name: str) -> bool:
+    """One batch of a pipeline: queue some of the backfill, or compute a batch of queued
+    keys and write their results. False when there was nothing to do."""
+    lease = _claim(name, {"step": "lease"})
+    if lease.get("paused"):
+        return False
+    keys: list[str] = lease["keys"]
+    if not keys:
+        return bool(lease.get("backfilled"))
+    declaration = lease["pipeline"]
+    versions = dict(zip(keys, lease["versions"], strict=True))
+    results, failures, gone = _compute(declaration, keys)
+    _write(declaration, results, failures, gone, versions)
+    return True
+
+
+def _claim(name: str | None, work: dict) -> dict:
+    row = _one("SELECT ml_pipeline_internal.claim($1, $2) AS answer", name, json.dumps(work),
+               types=("text", "jsonb"))  # fmt: skip
+    assert row is not None
+    return json.loads(row["answer"])
+
+
+def _compute(
+    declaration: dict, keys: list[str]
+) -> tuple[dict[str, str | None], dict[str, dict], list[str]]:
+    """The expression over the rows of these keys, as the caller: a query per run of rows
+    up to a failing one (batch mode stops at the first row that fails and gives the rows
+    before it), the failing row's key being the next of the rows that exist. Also the
+    keys whose rows are gone."""
+    import plpy
+
+    source, key_columns = declaration["source"], declaration["key_columns"]
+    alias = _quote(_relation_name(source))
+    kinds = _key_kinds(source, key_columns)
+    typed = ", ".join(
+        f"(k ->> {i})::{kind}" for i, kind in enumerate(kinds)
+    )  # the queue's JSON keys as the source's key types
+    columns = ", ".join(f"s.{_quote(k)}" for k in key_columns)
+    rows = (
+        f"SELECT s.* FROM {source} s WHERE ({columns}) IN"
+        f" (SELECT {typed} FROM unnest($1::jsonb[]) k) ORDER BY {columns}"
+    )
+    existing = [
+        row["key"]
+        for row in pg.execute(
+            f"SELECT {_key(key_columns, 's')}::text AS key FROM ({rows}) s", ("jsonb[]",), (keys,)
+        )  # fmt: skip
+    ]
+    compute = (
+        f"WITH {CTE} AS MATERIALIZED ({rows}) SELECT ({declaration['expression']})::text"
+        f" AS value FROM {CTE} AS {alias}"
+    )
+    plan = plpy.prepare(compute, ["jsonb[]"])
+    results: dict[str, str | None] = {}
+    failures: dict[str, dict] = {}
+    left = existing
+    while left:
+        done: list[str | None] = []
+        try:
+            with plpy.subtransaction():  # the expression in the search_path it was made in
+                pg.execute("SELECT set_config('search_path', $1, true)", ("text",),
+                           (declaration["search_path"],))  # fmt: skip
+                for row in plpy.cursor(plan, [left]):
+                    done.append(row["value"])
+        except plpy.SPIError as failure:
+            failures[left[len(done)]] = {
+                "sqlstate": failure.sqlstate or "XX000", "message": str(failure)
+            }  # fmt: skip
+        results.update(zip(left, done, strict=False))
+        left = left[len(done) + 1 :]
+    gone = [key for key in keys if key not in results and key not in failures]
+    return results, failures, gone
+
+
+def _relation_name(source: str) -> str:
+    row = _one("SELECT relname::text AS name FROM pg_class WHERE oid = $1::regclass", source,
+               types=("text",))  # fmt: skip
+    assert row is not None
+    return row["name"]
+
+
+def _key_kinds(source: str, keys: list[str]) -> list[str]:
+    rows = pg.execute(
+        "SELECT attname::text AS name, format_type(atttypid, atttypmod) AS kind"
+        " FROM pg_attribute WHERE attrelid = $1::regclass AND attname = ANY($2)",
+        ("text", "text[]"), (source, keys),
+    )  # fmt: skip
+    kinds = {row["name"]: row["kind"] for row in rows}
+    return [kinds[key] for key in keys]
+
+
+def _write(
+    declaration: dict, results: dict[str, str | None], failures: dict[str, dict],
+    gone: list[str], versions: dict,
+) -> None:  # fmt: skip
+    """In one transaction: the keys still current leave the queue (the extension's
+    owner), and their results go to the target (the caller); failures are counted."""
+    import plpy
+
+    finished = [*results, *gone]
+    done = _claim(declaration["name"], {
+        "step": "done", "keys": finished, "versions": [versions[key] for key in finished],
+    })["current"]  # fmt: skip
+    present = [key for key in done if key in results]
+    if present:
+        values = [results[key] for key in present]
+        try:
+            with plpy.subtransaction():
+                _store(declaration, present, values)
+        except plpy.SPIError as failure:  # a result the target does not take, say
+            for key in present:
+                failures[key] = {"sqlstate": failure.sqlstate or "XX000",
+                                 "message": str(failure)}  # fmt: skip
+    if failures:
+        _claim(declaration["name"], {
+            "step": "failed",
+            "failures": [
+                {**failure, "key": key, "version": versions[key],
+                 "transient": bool(TRANSIENT.fullmatch(failure["sqlstate"]))}
+                for key, failure in failures.items()
+            ],
+        })  # fmt: skip
+
+
+def _store(declaration: dict, keys: list[str], values: list[str | None]) -> None:
+    source, key_columns = declaration["source"], declaration["key_columns"]
+    target = _quote(declaration["target_column"])
+    kinds = _key_kinds(source, key_columns)
+    typed = ", ".join(f"(r.key ->> {i})::{kind}" for i, kind in enumerate(kinds))
+    if declaration["sink"]:
+        names = ", ".join(map(_quote, key_columns))
+        pg.execute(
+            f"INSERT INTO {declaration['sink']} ({names}, {target})"
+            f" SELECT {typed}, r.value FROM unnest($1::jsonb[], $2::text[]) r(key, value)"
+            f" ON CONFLICT ({names}) DO UPDATE SET {target} = excluded.{target}",
+            ("jsonb[]", "text[]"), (keys, values),
+        )  # fmt: skip
+        return
+    matches = " AND ".join(
+        f"s.{_quote(k)} = ({'r.key ->> ' + str(i)})::{kind}"
+        for i, (k, kind) in enumerate(zip(key_columns, kinds, strict=True))
+    )
+    kind = _one(
+        "SELECT format_type(atttypid, atttypmod) AS kind FROM pg_attribute"
+        " WHERE attrelid = $1::regclass AND attname = $2",
+        source, declaration["target_column"], types=("text", "text"),
+    )["kind"]  # type: ignore[index]  # fmt: skip
+    pg.execute(
+        f"UPDATE {source} s SET {target} = r.value::{kind}"
+        f" FROM unnest($1::jsonb[], $2::text[]) r(key, value) WHERE {matches}",
+        ("jsonb[]", "text[]"), (keys, values),
+    )  # fmt: skip
+
+
+@pg.sql_function("ml_pipeline.run")
+def claim(name: str | None, work_text: str) -> str:
+    """As the extension's owner, for the pipeline's owner: a worker's step on the queue
+    (or the names of the caller's pipelines that are not paused)."""
+    work = json.loads(work_text)
+    step = work["step"]
+    if step == "names":
+        rows = pg.execute(
+            "SELECT name FROM ml_pipeline.pipelines WHERE NOT paused"
+            " AND pg_has_role($1, owner, 'MEMBER') ORDER BY name",
+            ("oid",), (_caller(),),
+        )  # fmt: skip
+        return json.dumps({"names": [row["name"] for row in rows]})
+    declaration = _check_owner(name)
+    if step == "lease":
+        return json.dumps(_lease(declaration))
+    if step == "done":
+        return json.dumps({"current": _done(declaration, work["keys"], work["versions"])})
+    if step == "failed":
+        _failed(declaration, work["failures"])
+        return "{}"
+    raise _error(f"unknown step {step!r}")
+
+
+def _lease(declaration: dict) -> dict:
+    """Some of the backfill, if it is not done; then a batch of due keys, each locked for
+    this session (pg_try_advisory_lock: others skip it; a dead worker lets go)."""
+    name = declaration["name"]
+    if declaration["paused"]:
+        return {"paused": True, "keys": []}
+    backfilled = 0 if declaration["backfill_done"] else _backfill(declaration)
+    candidates = pg.execute(
+        "SELECT key::text AS key, version FROM ml_pipeline.queue WHERE pipeline = $1"
+        " AND not_before <= now() ORDER BY not_before, queued, key LIMIT $2",
+        ("text", "integer"), (name, declaration["batch_size"] * 2),
+    )  # fmt: skip
+    locked = pg.execute(
+        "SELECT key FROM unnest($2::text[]) WITH ORDINALITY c(key, n)"
+        " WHERE pg_try_advisory_lock(hashtext($1), hashtext(key)) ORDER BY n",
+        ("text", "text[]"), (name, [c["key"] for c in candidates]),
+    )  # fmt: skip
+    keys = [row["key"] for row in locked]
+    taken, extra = keys[: declaration["batch_size"]], keys[declaration["batch_size"] :]
+    _held.setdefault(name, set()).update(keys)
+    _unlock(name, extra)
+    version = {c["key"]: c["version"] for c in candidates}
+    return {
+        "keys": taken, "versions": [version[key] for key in taken], "backfilled": backfilled,
+        "pipeline": {k: declaration[k] for k in (
+            "name", "source", "key_columns", "expression", "search_path", "target_column",
+            "sink")},
+    }  # fmt: skip
+
+
+def _unlock(name: str, keys: list[str]) -> None:
+    _held.get(name, set()).difference_update(keys)
+    if keys:
+        pg.execute(
+            "SELECT pg_advisory_unlock(hashtext($1), hashtext(key)) FROM unnest($2::text[]) key",
+            ("text", "text[]"), (name, keys),
+        )  # fmt: skip
+
+
+def _backfill(declaration: dict) -> int:
+    """Queues the next keys of existing rows without a result, from where the last call
+    stopped; one worker at a time (the declaration's row lock, skipped by the others)."""
+    name = declaration["name"]
+    mine = pg.execute(
+        "SELECT backfill_after::text AS after, backfill_done FROM ml_pipeline.pipelines"
+        " WHERE name = $1 FOR UPDATE SKIP LOCKED",
+        ("text",), (name,),
+    )  # fmt: skip
+    if not mine or mine[0]["backfill_done"]:
+        return 0
+    source, keys = declaration["source"], declaration["key_columns"]
+    kinds = _key_kinds(source, keys)
+    columns = ", ".join(f"s.{_quote(k)}" for k in keys)
+    after = ", ".join(f"($2::jsonb ->> {i})::{kind}" for i, kind in enumerate(kinds))
+    target = _quote(declaration["target_column"])
+    if declaration["sink"]:
+        pending = (
+            f"NOT EXISTS (SELECT FROM {declaration['sink']} d WHERE "
+            + " AND ".join(f"d.{_quote(k)} = s.{_quote(k)}" for k in keys)
+            + ")"
+        )
+    else:
+        pending = f"s.{target} IS NULL"
+    row = _one(
+        f"WITH next AS (SELECT {_key(keys, 's')} AS key, ({columns}) AS position,"
+        f" {pending} AS pending FROM {source} s"
+        f" WHERE $2::jsonb IS NULL OR ({columns}) > ({after})"
+        f" ORDER BY {columns} LIMIT {BACKFILL_KEYS}),"
+        f" queued AS (INSERT INTO ml_pipeline.queue (pipeline, key)"
+        f" SELECT $1, key FROM next WHERE pending ON CONFLICT (pipeline, key) DO NOTHING"
+        f" RETURNING 1)"
+        f" SELECT (SELECT count(*) FROM queued) AS queued, (SELECT count(*) FROM next) AS seen,"
+        f" (SELECT key::text FROM next ORDER BY position DESC LIMIT 1) AS last",
+        name, mine[0]["after"], types=("text", "text"),
+    )  # fmt: skip
+    assert row is not None
+    pg.execute(
+        "UPDATE ml_pipeline.pipelines SET backfill_after = coalesce($2::jsonb, backfill_after),"
+        " backfill_done = $3 WHERE name = $1",
+        ("text", "text", "boolean"), (name, row["last"], row["seen"] < BACKFILL_KEYS),
+    )  # fmt: skip
+    return max(row["queued"], 1) if row["seen"] else 0
+
+
+def _done(declaration: dict, keys: list[str], versions: list[int]) -> list[str]:
+    """Drops from the queue the keys whose version is still the one computed; those
+    changed meanwhile stay, for another round. All are unlocked."""
+    name = declaration["name"]
+    rows = pg.execute(
+        "WITH done AS (DELETE FROM ml_pipeline.queue q USING unnest($2::text[], $3::bigint[])"
+        " d(key, version) WHERE q.pipeline = $1 AND q.key = d.key::jsonb"
+        " AND q.version = d.version RETURNING q.key::text AS key) SELECT key FROM done",
+        ("text", "text[]", "bigint[]"), (name, keys, versions),
+    )  # fmt: skip
+    _unlock(name, keys)
+    pg.execute(
+        "INSERT INTO ml_pipeline.batches (pipeline, done, failed) VALUES ($1, $2, 0)",
+        ("text", "integer"), (name, len(rows)),
+    )  # fmt: skip
+    pg.execute("DELETE FROM ml_pipeline.batches WHERE finished < now() - interval '1 hour'")
+    return [row["key"] for row in rows]
+
+
+def _failed(declaration: dict, failures: list[dict]) -> None:
+    """A failed row: retried after a backoff, unless its error is permanent or its attempts
+    are spent: then a dead letter."""
+    name = declaration["name"]
+    for failure in failures:
+        row = _one(
+            "UPDATE ml_pipeline.queue SET attempts = attempts + 1, last_error = $4::jsonb"
+            " WHERE pipeline = $1 AND key = $2::jsonb AND version = $3 RETURNING attempts",
+            name, failure["key"], failure["version"],
+            json.dumps({"sqlstate": failure["sqlstate"], "message": failure["message"]}),
+            types=("text", "text", "bigint", "text"),
+        )  # fmt: skip
+        if row is None:
+            continue  # changed meanwhile: its new value gets fresh attempts
+        if failure["transient"] and row["attempts"] < declaration["max_attempts"]:
+            delay = min(2.0 ** row["attempts"], MAX_BACKOFF_SECONDS) * random.uniform(0.5, 1.5)
+            pg.execute(
+                "UPDATE ml_pipeline.queue SET not_before = now() + make_interval(secs => $3)"
+                " WHERE pipeline = $1 AND key = $2::jsonb",
+                ("text", "text", "float8"), (name, failure["key"], delay),
+            )  # fmt: skip
+        else:
+            pg.execute(
+                "WITH gone AS (DELETE FROM ml_pipeline.queue WHERE pipeline = $1"
+                " AND key = $2::jsonb RETURNING pipeline, key, attempts)"
+                " INSERT INTO ml_pipeline.dead_letters (pipeline, key, attempts, sqlstate,"
+                " message) SELECT pipeline, key, attempts, $3, $4 FROM gone"
+                " ON CONFLICT (pipeline, key) DO UPDATE SET attempts = excluded.attempts,"
+                " sqlstate = excluded.sqlstate, message = excluded.message, failed = now()",
+                ("text", "text", "text", "text"),
+                (name, failure["key"], failure["sqlstate"], failure["message"]),
+            )  # fmt: skip
+    last = failures[-1]
+    pg.execute(
+        "INSERT INTO ml_pipeline.batches (pipeline, done, failed, last_error)"
+        " VALUES ($1, 0, $2, $3::jsonb)",
+        ("text", "integer", "text"),
+        (name, len(failures), json.dumps({"sqlstate": last["sqlstate"],
+                                          "message": last["message"]})),
+    )  # fmt: skip
+    _unlock(name, [failure["key"] for failure in failures])
+
+
+# --- watching ---------------------------------------------------------------------------
+
+
+@pg.sql_function("ml_pipeline.status")
+def status() -> list[dict]:
+    rows = []
+    for p in pg.execute(
+        "SELECT * FROM ml_pipeline.pipelines WHERE pg_has_role($1, owner, 'MEMBER')"
+        " ORDER BY name",
+        ("oid",), (_caller(),),
+    ):  # fmt: skip
+        source, target = p["source"], _quote(p["target_column"])
+        if p["sink"]:
+            done = _one(f"SELECT count(*) AS n FROM {p['sink']}")["n"]  # type: ignore[index]
+        else:
+            done = _one(f"SELECT count({target}) AS n FROM {source}")["n"]  # type: ignore[index]
+        counts = _one(
+            f"SELECT (SELECT count(*) FROM {source}) AS total,"
+            " (SELECT count(*) FROM ml_pipeline.queue WHERE pipeline = $1) AS queued,"
+            " (SELECT count(*) FROM ml_pipeline.dead_letters WHERE pipeline = $1) AS failed,"
+            " (SELECT now() - min(queued) FROM ml_pipeline.queue WHERE pipeline = $1)"
+            " AS oldest,"
+            " (SELECT sum(done) / 60.0 FROM ml_pipeline.batches WHERE pipeline = $1"
+            "  AND finished > now() - interval '1 minute') AS rate,"
+            " (SELECT last_error FROM ml_pipeline.batches WHERE pipeline = $1"
+            "  AND last_error IS NOT NULL ORDER BY finished DESC LIMIT 1) AS last_error",
+            p["name"], types=("text",),
+        )  # fmt: skip
+        assert counts is not None
+        unqueued = 0 if p["backfill_done"] else max(
+            counts["total"] - done - counts["queued"] - counts["failed"], 0
+        )  # fmt: skip
+        rows.append({
+            "name": p["name"], "source": source, "target": p["target_column"],
+            "paused": p["paused"], "backfill_done": p["backfill_done"],
+            "total": counts["total"], "done": done, "pending": counts["queued"] + unqueued,
+            "failed": counts["failed"], "oldest_pending": counts["oldest"],
+            "rows_per_second": float(counts["rate"] or 0), "last_error": counts["last_error"],
+        })  # fmt: skip
+    return rows

@@ -1,0 +1,181 @@
+"""ml_pipeline: a declared column kept equal to one of our functions of each row, through
+triggers, a queue and workers (CALL ml_pipeline.run), against the Comprehend simulator."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+
+from azure_ai_sim.sim import ComprehendSimulator, Fault
+from conftest import point_aws_at
+
+SENTIMENT = "(aws_comprehend.detect_sentiment(body, 'en')).sentiment"
+TEXTS = ["Great, I love it.", "This is terrible.", "It arrived on Tuesday."]
+
+
+@pytest.fixture(scope="module")
+def comprehend():
+    with ComprehendSimulator() as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def conn(database, comprehend):
+    comprehend.faults.clear()
+    comprehend.recorded.clear()
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS aws_ml CASCADE")
+        conn.execute("CREATE EXTENSION IF NOT EXISTS ml_pipeline")
+        point_aws_at(conn, {"comprehend": comprehend.url})
+        conn.execute("DROP TABLE IF EXISTS reviews CASCADE")
+        conn.execute("DELETE FROM ml_pipeline.pipelines")
+        conn.execute("CREATE TABLE reviews (id int PRIMARY KEY, body text, stars int)")
+        yield conn
+
+
+def expected(conn, texts: list[str]) -> list[str]:
+    return [
+        conn.execute(f"SELECT {SENTIMENT} FROM (SELECT %s::text AS body) r", (text,)).fetchone()[0]
+        for text in texts
+    ]
+
+
+def sentiments(conn) -> list[tuple]:
+    return conn.execute("SELECT id, sentiment FROM reviews ORDER BY id").fetchall()
+
+
+def status(conn) -> dict:
+    cursor = conn.execute("SELECT * FROM ml_pipeline.status WHERE name = 'mood'")
+    names = [column.name for column in cursor.description]
+    return dict(zip(names, cursor.fetchone(), strict=True))
+
+
+def declare(conn, **options) -> None:
+    arguments = "".join(f", {key} => {value}" for key, value in options.items())
+    conn.execute(
+        f"SELECT ml_pipeline.create('mood', 'reviews', %s, 'sentiment'{arguments})", (SENTIMENT,)
+    )
+
+
+def test_existing_rows_are_backfilled_and_new_and_changed_rows_follow(conn, comprehend):
+    conn.execute("INSERT INTO reviews SELECT g, %s, 5 FROM generate_series(1, 3) g", (TEXTS[0],))
+    declare(conn)
+    assert status(conn)["pending"] == 3 and status(conn)["done"] == 0
+    conn.execute("CALL ml_pipeline.run()")
+    assert sentiments(conn) == [(g, expected(conn, TEXTS[:1])[0]) for g in (1, 2, 3)]
+    requests = len(comprehend.recorded.snapshot())
+
+    # new rows, and a changed body, are queued; an unrelated column queues nothing
+    conn.execute("INSERT INTO reviews VALUES (4, %s, 1), (5, %s, 3)", TEXTS[1:])
+    conn.execute("UPDATE reviews SET body = %s WHERE id = 1", (TEXTS[1],))
+    conn.execute("UPDATE reviews SET stars = 2 WHERE id = 2")
+    queued = conn.execute("SELECT key FROM ml_pipeline.queue ORDER BY key").fetchall()
+    assert [row[0] for row in queued] == [[1], [4], [5]]
+    conn.execute("CALL ml_pipeline.run()")
+    first, second, third = expected(conn, TEXTS)
+    assert sentiments(conn) == [(1, second), (2, first), (3, first), (4, second), (5, third)]
+    assert status(conn)["pending"] == 0 and status(conn)["done"] == 5
+    assert len(comprehend.recorded.snapshot()) > requests
+
+    # a row changed twice before a worker came is computed once, with its last value
+    before = len(comprehend.recorded.snapshot())
+    conn.execute("UPDATE reviews SET body = %s WHERE id = 3", (TEXTS[1],))
+    conn.execute("UPDATE reviews SET body = %s WHERE id = 3", (TEXTS[2],))
+    conn.execute("DELETE FROM reviews WHERE id = 5")
+    assert conn.execute("SELECT key, version FROM ml_pipeline.queue").fetchall() == [([3], 2)]
+    conn.execute("CALL ml_pipeline.run()")
+    assert sentiments(conn)[2] == (3, third)
+    assert len(comprehend.recorded.snapshot()) == before + 1
+
+
+def test_a_row_that_keeps_failing_becomes_a_dead_letter_and_can_be_replayed(conn, comprehend):
+    conn.execute("INSERT INTO reviews SELECT g, %s, 5 FROM generate_series(1, 4) g", (TEXTS[0],))
+    # the third row's text is refused by the service (400): permanent, a dead letter at once
+    conn.execute("UPDATE reviews SET body = '' WHERE id = 3")
+    declare(conn, max_attempts=2)
+    conn.execute("CALL ml_pipeline.run()")
+    rows = sentiments(conn)
+    assert [row[1] is not None for row in rows] == [True, True, False, True]
+    (letter,) = conn.execute(
+        "SELECT key, attempts, sqlstate, message FROM ml_pipeline.dead_letters"
+    ).fetchall()
+    assert letter[0] == [3] and letter[1] == 1 and letter[2] == "22023"
+    assert "aws_comprehend.detect_sentiment" in letter[3]
+    assert status(conn)["failed"] == 1
+    assert conn.execute("SELECT ml_pipeline.replay('mood')").fetchone()[0] == 1
+    conn.execute("UPDATE reviews SET body = %s WHERE id = 3", (TEXTS[2],))
+    conn.execute("CALL ml_pipeline.run()")
+    assert sentiments(conn)[2][1] == expected(conn, TEXTS[2:])[0]
+    assert status(conn)["failed"] == 0
+
+
+def test_a_transient_failure_is_retried_later_without_holding_up_the_rest(conn, comprehend):
+    conn.execute("INSERT INTO reviews SELECT g, %s, 5 FROM generate_series(1, 3) g", (TEXTS[0],))
+    declare(conn, batch_size=1)
+    # each call retries three times (botocore's standard mode): four 503s fail one row
+    comprehend.faults.extend([Fault(status=503)] * 3)
+    conn.execute("CALL ml_pipeline.run()")
+    rows = sentiments(conn)
+    assert [row[1] is not None for row in rows] == [False, True, True]
+    (attempts, error, later) = conn.execute(
+        "SELECT attempts, last_error, not_before > now() FROM ml_pipeline.queue"
+    ).fetchone()
+    assert attempts == 1 and error["sqlstate"] == "58000" and later
+    conn.execute("UPDATE ml_pipeline.queue SET not_before = now()")  # the backoff, passed
+    conn.execute("CALL ml_pipeline.run()")
+    assert all(row[1] is not None for row in sentiments(conn))
+    assert json.loads(json.dumps(status(conn)["last_error"]))["sqlstate"] == "58000"
+
+
+def test_a_paused_pipeline_waits_and_a_dropped_one_leaves_its_results(conn):
+    conn.execute("INSERT INTO reviews VALUES (1, %s, 5)", (TEXTS[0],))
+    declare(conn)
+    conn.execute("SELECT ml_pipeline.pause('mood')")
+    conn.execute("CALL ml_pipeline.run()")
+    assert sentiments(conn) == [(1, None)]
+    conn.execute("SELECT ml_pipeline.resume('mood')")
+    conn.execute("CALL ml_pipeline.run()")
+    assert sentiments(conn)[0][1] is not None
+    conn.execute("SELECT ml_pipeline.drop('mood')")
+    conn.execute("INSERT INTO reviews VALUES (2, %s, 5)", (TEXTS[1],))
+    assert conn.execute("SELECT count(*) FROM ml_pipeline.queue").fetchone()[0] == 0
+    assert sentiments(conn)[0][1] is not None and sentiments(conn)[1] == (2, None)
+
+
+def test_bad_declarations_are_refused(conn):
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="reads no column"):
+        conn.execute("SELECT ml_pipeline.create('x', 'reviews', '1 + 1', 'y')")
+    conn.execute("CREATE TABLE keyless (body text)")
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="primary key"):
+        conn.execute("SELECT ml_pipeline.create('x', 'keyless', 'length(body)', 'y')")
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="does not work over"):
+        conn.execute("SELECT ml_pipeline.create('x', 'reviews', 'nope(body)', 'y')")
+    declare(conn)
+    with pytest.raises(psycopg.errors.DuplicateObject, match='"mood" exists'):
+        declare(conn)
+
+
+def test_a_table_owner_who_is_no_superuser_declares_works_and_watches_only_their_own(
+    conn, make_role
+):
+    alice, bob = make_role(), make_role()
+    conn.execute(f"GRANT CREATE ON SCHEMA public TO {alice}, {bob}")
+    conn.execute(f"SET ROLE {alice}")
+    conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO notes VALUES (1, 'hello'), (2, 'world')")
+    conn.execute("SELECT ml_pipeline.create('shout', 'notes', 'upper(body)', 'loud')")
+    conn.execute("CALL ml_pipeline.run()")
+    assert conn.execute("SELECT loud FROM notes ORDER BY id").fetchall() == [("HELLO",), ("WORLD",)]
+    assert [row[0] for row in conn.execute("SELECT name FROM ml_pipeline.status")] == ["shout"]
+    conn.execute(f"SET ROLE {bob}")
+    assert conn.execute("SELECT count(*) FROM ml_pipeline.status").fetchone()[0] == 0
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="belongs to"):
+        conn.execute("SELECT ml_pipeline.pause('shout')")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("SELECT ml_pipeline.create('steal', 'notes', 'lower(body)', 'quiet')")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("SELECT * FROM ml_pipeline.queue")
+    conn.execute("RESET ROLE")
+    conn.execute("DROP TABLE notes CASCADE")
