@@ -4,11 +4,16 @@ triggers, a queue and workers (CALL ml_pipeline.run), against the Comprehend sim
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 
 import psycopg
 import pytest
 
 from azure_ai_sim.sim import ComprehendSimulator, Fault
+from cluster import Cluster
 from conftest import point_aws_at
 
 SENTIMENT = "(aws_comprehend.detect_sentiment(body, 'en')).sentiment"
@@ -179,3 +184,113 @@ def test_a_table_owner_who_is_no_superuser_declares_works_and_watches_only_their
         conn.execute("SELECT * FROM ml_pipeline.queue")
     conn.execute("RESET ROLE")
     conn.execute("DROP TABLE notes CASCADE")
+
+
+COUNT_WRITES = """
+CREATE OR REPLACE FUNCTION count_writes() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.writes := OLD.writes + 1;
+    RETURN NEW;
+END $$;
+ALTER TABLE reviews ADD COLUMN writes int NOT NULL DEFAULT 0;
+CREATE TRIGGER count_writes BEFORE UPDATE ON reviews FOR EACH ROW EXECUTE FUNCTION count_writes();
+"""
+
+
+def workers(database: str, count: int) -> None:
+    """count workers at once, each CALL ml_pipeline.run() on a connection of its own."""
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with psycopg.connect(database, autocommit=True) as worker:
+                worker.execute("CALL ml_pipeline.run()")
+        except BaseException as failure:
+            failures.append(failure)
+
+    threads = [threading.Thread(target=work) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert not failures, failures
+
+
+def test_three_workers_share_the_queue_and_write_each_row_once(conn, database, comprehend):
+    declare(conn, batch_size=100)
+    conn.execute(COUNT_WRITES)
+    # a 503 for every tenth request (each call tries three times, and the pipeline again)
+    comprehend.faults.extend([Fault(status=503) if i % 10 == 0 else Fault() for i in range(300)])
+    comprehend.latency_ms = 20
+    comprehend.reset_counts()
+    try:
+        conn.execute(
+            "INSERT INTO reviews SELECT g, 'review number ' || g, 5 FROM generate_series(1, 5000) g"
+        )
+        workers(database, 3)
+    finally:
+        comprehend.latency_ms = 0
+    unscored, fewest, most = conn.execute(
+        "SELECT count(*) FILTER (WHERE sentiment IS NULL), min(writes), max(writes) FROM reviews"
+    ).fetchone()
+    assert (unscored, fewest, most) == (0, 1, 1)
+    assert conn.execute("SELECT count(*) FROM ml_pipeline.dead_letters").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM ml_pipeline.queue").fetchone()[0] == 0
+    assert comprehend.counts()["max_in_flight"] > 1  # the workers' requests overlapped
+
+
+# The test cluster runs with synchronous_commit off, which may lose the last commits in a
+# crash: these sessions commit as a production server does.
+DURABLE = "-c synchronous_commit=on"
+
+
+def run_until_killed(database: str) -> None:
+    with (
+        psycopg.connect(database, autocommit=True, options=DURABLE) as worker,
+        pytest.raises(psycopg.OperationalError),
+    ):
+        worker.execute("CALL ml_pipeline.run()")
+
+
+def test_a_worker_killed_mid_batch_loses_nothing(conn, database, server, comprehend):
+    if not isinstance(server, Cluster):
+        pytest.skip("kill -9 needs the postmaster of the private cluster")
+    conn.execute("SET synchronous_commit = on")
+    conn.execute("INSERT INTO reviews SELECT g, 'review ' || g, 5 FROM generate_series(1, 300) g")
+    declare(conn, batch_size=100)
+    conn.execute(COUNT_WRITES)
+    comprehend.latency_ms = 3000  # the first batch is on its way when the worker dies
+    try:
+        worker = threading.Thread(target=run_until_killed, args=(database,))
+        worker.start()
+        pid = None
+        for _ in range(500):
+            row = conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE query LIKE 'CALL ml_pipeline.run%%'"
+                " AND state = 'active'"
+            ).fetchone()
+            if row and comprehend.in_flight:
+                pid = row[0]
+                break
+            time.sleep(0.02)
+        assert pid is not None, "the worker never got to its first batch"
+        os.kill(pid, signal.SIGKILL)
+        worker.join(60)
+    finally:
+        comprehend.latency_ms = 0
+    for _ in range(500):  # the server restarts every backend after a crash
+        try:
+            with psycopg.connect(database, autocommit=True) as after:
+                after.execute("SELECT 1")
+            break
+        except psycopg.OperationalError:
+            time.sleep(0.05)
+    with psycopg.connect(database, autocommit=True) as after:
+        assert after.execute("SELECT count(*) FROM ml_pipeline.queue").fetchone()[0] > 0
+        assert after.execute("SELECT max(writes) FROM reviews").fetchone()[0] == 0
+        after.execute("CALL ml_pipeline.run()")
+        unscored, fewest, most = after.execute(
+            "SELECT count(*) FILTER (WHERE sentiment IS NULL), min(writes), max(writes)"
+            " FROM reviews"
+        ).fetchone()
+        assert (unscored, fewest, most) == (0, 1, 1)

@@ -393,7 +393,10 @@ def _work(name: str | None, end: float | None, continuous: bool) -> None:
 def _step(name: str) -> bool:
     """One batch of a pipeline: queue some of the backfill, or compute a batch of queued
     keys and write their results. False when there was nothing to do."""
+    import plpy
+
     lease = _claim(name, {"step": "lease"})
+    plpy.commit()  # the backfill's keys, for every worker to see
     if lease.get("paused"):
         return False
     keys: list[str] = lease["keys"]
@@ -689,7 +692,8 @@ def _failed(declaration: dict, failures: list[dict]) -> None:
         if failure["transient"] and row["attempts"] < declaration["max_attempts"]:
             delay = min(2.0 ** row["attempts"], MAX_BACKOFF_SECONDS) * random.uniform(0.5, 1.5)
             pg.execute(
-                "UPDATE ml_pipeline.queue SET not_before = now() + make_interval(secs => $3)"
+                "UPDATE ml_pipeline.queue"
+                " SET not_before = clock_timestamp() + make_interval(secs => $3)"
                 " WHERE pipeline = $1 AND key = $2::jsonb",
                 ("text", "text", "float8"), (name, failure["key"], delay),
             )  # fmt: skip
