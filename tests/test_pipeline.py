@@ -294,3 +294,63 @@ def test_a_worker_killed_mid_batch_loses_nothing(conn, database, server, compreh
             " FROM reviews"
         ).fetchone()
         assert (unscored, fewest, most) == (0, 1, 1)
+
+
+EMBEDDING = "azure_local_ai.create_embeddings('multilingual-e5-small:v1', body)"
+
+
+def test_embeddings_into_a_sink_table_follow_inserts_updates_and_deletes(conn):
+    conn.execute("CREATE EXTENSION IF NOT EXISTS azure_local_ai CASCADE")
+    conn.execute("DROP TABLE IF EXISTS review_embeddings")
+    conn.execute("INSERT INTO reviews VALUES (1, %s, 5), (2, %s, 1)", TEXTS[:2])
+    conn.execute(
+        "SELECT ml_pipeline.create('vectors', 'reviews', %s, 'embedding',"
+        " sink => 'review_embeddings')",
+        (EMBEDDING,),
+    )
+    conn.execute("CALL ml_pipeline.run()")
+
+    def sunk() -> dict:
+        rows = conn.execute("SELECT id, embedding FROM review_embeddings ORDER BY id")
+        return dict(rows.fetchall())
+
+    def direct(text: str) -> list:
+        return conn.execute(
+            f"SELECT {EMBEDDING} FROM (SELECT %s::text AS body) r", (text,)
+        ).fetchone()[0]
+
+    assert sunk() == {1: direct(TEXTS[0]), 2: direct(TEXTS[1])}
+    assert len(sunk()[1]) == 384
+    conn.execute("UPDATE reviews SET body = %s WHERE id = 2", (TEXTS[2],))
+    conn.execute("DELETE FROM reviews WHERE id = 1")
+    conn.execute("INSERT INTO reviews VALUES (3, %s, 4)", (TEXTS[0],))
+    conn.execute("CALL ml_pipeline.run()")
+    assert sunk() == {2: direct(TEXTS[2]), 3: direct(TEXTS[0])}
+
+
+def test_a_continuous_worker_scores_new_rows_as_they_come(conn, database):
+    declare(conn)
+    worker = threading.Thread(target=run_until_cancelled, args=(database,))
+    worker.start()
+    try:
+        conn.execute("INSERT INTO reviews VALUES (1, %s, 5)", (TEXTS[0],))
+        for _ in range(1000):
+            if sentiments(conn)[0][1] is not None:
+                break
+            time.sleep(0.01)
+        assert sentiments(conn)[0][1] == expected(conn, TEXTS[:1])[0]
+    finally:
+        conn.execute(
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity"
+            " WHERE query LIKE 'CALL ml_pipeline.run(continuous%%'"
+        )
+        worker.join(30)
+    assert not worker.is_alive()
+
+
+def run_until_cancelled(database: str) -> None:
+    with (
+        psycopg.connect(database, autocommit=True) as worker,
+        pytest.raises(psycopg.errors.QueryCanceled),
+    ):
+        worker.execute("CALL ml_pipeline.run(continuous => true)")

@@ -519,31 +519,31 @@ def _write(
 
 
 def _store(declaration: dict, keys: list[str], values: list[str | None]) -> None:
+    """The results, as the target column's type, into the source's rows or the sink."""
     source, key_columns = declaration["source"], declaration["key_columns"]
+    table = declaration["sink"] or source
     target = _quote(declaration["target_column"])
-    kinds = _key_kinds(source, key_columns)
-    typed = ", ".join(f"(r.key ->> {i})::{kind}" for i, kind in enumerate(kinds))
+    kind = _one(
+        "SELECT format_type(atttypid, atttypmod) AS kind FROM pg_attribute"
+        " WHERE attrelid = $1::regclass AND attname = $2",
+        table, declaration["target_column"], types=("text", "text"),
+    )["kind"]  # type: ignore[index]  # fmt: skip
+    typed = [f"(r.key ->> {i})::{kind}" for i, kind in enumerate(_key_kinds(source, key_columns))]
+    results = "unnest($1::jsonb[], $2::text[]) r(key, value)"
     if declaration["sink"]:
         names = ", ".join(map(_quote, key_columns))
         pg.execute(
-            f"INSERT INTO {declaration['sink']} ({names}, {target})"
-            f" SELECT {typed}, r.value FROM unnest($1::jsonb[], $2::text[]) r(key, value)"
+            f"INSERT INTO {table} ({names}, {target})"
+            f" SELECT {', '.join(typed)}, r.value::{kind} FROM {results}"
             f" ON CONFLICT ({names}) DO UPDATE SET {target} = excluded.{target}",
             ("jsonb[]", "text[]"), (keys, values),
         )  # fmt: skip
         return
     matches = " AND ".join(
-        f"s.{_quote(k)} = ({'r.key ->> ' + str(i)})::{kind}"
-        for i, (k, kind) in enumerate(zip(key_columns, kinds, strict=True))
+        f"s.{_quote(k)} = {value}" for k, value in zip(key_columns, typed, strict=True)
     )
-    kind = _one(
-        "SELECT format_type(atttypid, atttypmod) AS kind FROM pg_attribute"
-        " WHERE attrelid = $1::regclass AND attname = $2",
-        source, declaration["target_column"], types=("text", "text"),
-    )["kind"]  # type: ignore[index]  # fmt: skip
     pg.execute(
-        f"UPDATE {source} s SET {target} = r.value::{kind}"
-        f" FROM unnest($1::jsonb[], $2::text[]) r(key, value) WHERE {matches}",
+        f"UPDATE {table} s SET {target} = r.value::{kind} FROM {results} WHERE {matches}",
         ("jsonb[]", "text[]"), (keys, values),
     )  # fmt: skip
 
