@@ -39,8 +39,10 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     echo "host all all all $host_auth" >>"$PGDATA/pg_hba.conf"
     cat >>"$PGDATA/postgresql.conf" <<EOF
 listen_addresses = '*'
-# The native part of the extensions (see README.md, "Security model").
-shared_preload_libraries = 'azure_ai_sim'
+# The native part of the extensions (see README.md, "Security model"), and pg_cron, which
+# runs ml_pipeline's workers on a schedule (its jobs in background workers).
+shared_preload_libraries = 'azure_ai_sim,pg_cron'
+cron.use_background_workers = on
 EOF
 fi
 

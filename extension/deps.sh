@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the extensions need from the system, idempotently: a PostgreSQL server
 # (the one already installed, else the distribution's default), PL/Python and the server
-# headers for that version, the server's Python with pip, and pgvector.
+# headers for that version, pg_cron, the server's Python with pip, and pgvector.
 set -euo pipefail
 cd "$(dirname "$0")"
 [ "$(id -u)" = 0 ] || exec sudo --preserve-env=AZURE_AI_SIM_CACHE,PG_CONFIG "$0" "$@"
@@ -61,7 +61,8 @@ build_pgvector() {
 ls -d /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || apt_install postgresql
 pg_config=$(./pg_config.sh)
 major=$("$pg_config" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')
-apt_install "postgresql-plpython3-$major" "postgresql-server-dev-$major" \
+# pg_cron runs ml_pipeline's workers on a schedule (Debian packages it for every major).
+apt_install "postgresql-plpython3-$major" "postgresql-server-dev-$major" "postgresql-$major-cron" \
     python3 python3-pip python3-venv make gcc
 
 if [ ! -f "$("$pg_config" --sharedir)/extension/vector.control" ]; then

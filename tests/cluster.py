@@ -117,7 +117,9 @@ class Cluster(Server):
                 "fsync = off\n"
                 "synchronous_commit = off\n"
                 "full_page_writes = off\n"
-                "shared_preload_libraries = 'azure_ai_sim'\n"  # its hooks: see log_filter.c
+                # our hooks (see log_filter.c), and pg_cron for ml_pipeline's schedules
+                "shared_preload_libraries = 'azure_ai_sim,pg_cron'\n"
+                "cron.use_background_workers = on\n"
             )
         self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.log_path), "-w", "start")
 

@@ -354,3 +354,30 @@ def run_until_cancelled(database: str) -> None:
         pytest.raises(psycopg.errors.QueryCanceled),
     ):
         worker.execute("CALL ml_pipeline.run(continuous => true)")
+
+
+def test_pg_cron_runs_the_workers_on_a_schedule(conn, server):
+    preloaded = conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()[0]
+    if "pg_cron" not in preloaded:
+        pytest.skip("the server does not preload pg_cron (make install and the tests' do)")
+    declare(conn)
+    with psycopg.connect(server.dsn_for("postgres"), autocommit=True) as admin:
+        admin.execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
+        (job,) = admin.execute(
+            "SELECT cron.schedule_in_database('ml_pipeline mood', '* * * * *',"
+            " 'CALL ml_pipeline.run(max_seconds => 50)', %s)",
+            (conn.info.dbname,),
+        ).fetchone()
+        try:
+            conn.execute("INSERT INTO reviews VALUES (1, %s, 5)", (TEXTS[0],))
+            for _ in range(1500):  # pg_cron 1.4 starts jobs on the minute
+                if sentiments(conn)[0][1] is not None:
+                    break
+                time.sleep(0.1)
+            assert sentiments(conn)[0][1] == expected(conn, TEXTS[:1])[0]
+            (outcome,) = admin.execute(
+                "SELECT status FROM cron.job_run_details WHERE jobid = %s", (job,)
+            ).fetchone()
+            assert outcome in ("running", "succeeded")
+        finally:
+            admin.execute("SELECT cron.unschedule(%s)", (job,))

@@ -34,7 +34,7 @@ def test_the_image_has_no_build_toolchain(image):
 
 def test_the_server_preloads_the_library_and_has_the_default_model(image):
     with Container(image) as server, psycopg.connect(server.dsn, autocommit=True) as conn:
-        assert conn.execute("SHOW shared_preload_libraries").fetchone() == ("azure_ai_sim",)
+        assert conn.execute("SHOW shared_preload_libraries").fetchone() == ("azure_ai_sim,pg_cron",)
         conn.execute("CREATE EXTENSION azure_local_ai CASCADE")
         (dimensions,) = conn.execute(
             "SELECT vector_dims(azure_local_ai.create_embeddings(%s, 'hello')::vector)", (FP32,)
