@@ -102,6 +102,21 @@ SELECT feedback, (aws_comprehend.detect_sentiment(feedback, 'en')).sentiment FRO
 -- Bedrock: an embedding (from the local e5 model, projected: the simulator is no Titan).
 SELECT array_length(aws_bedrock.invoke_model_get_embeddings(model_id := 'amazon.titan-embed-text-v2:0', content_type := 'application/json', json_key := 'embedding', model_input := '{"inputText": "PostgreSQL with machine learning"}'), 1) AS titan_dimensions;
 
+-- ml_pipeline: reviews whose sentiment (a column) and embeddings (a table of their own)
+-- stay current as reviews come and change; CALL ml_pipeline.run() is what pg_cron runs.
+CREATE EXTENSION IF NOT EXISTS ml_pipeline;
+CREATE TABLE reviews (id int PRIMARY KEY, body text);
+INSERT INTO reviews VALUES (1, 'The support team was wonderful, thank you!'), (2, 'The product broke after one day. Terrible.');
+SELECT ml_pipeline.create('review_mood', 'reviews', $$(aws_comprehend.detect_sentiment(body, 'en')).sentiment$$, 'sentiment');
+SELECT ml_pipeline.create('review_vectors', 'reviews', $$azure_local_ai.create_embeddings('multilingual-e5-small:v1', body)$$, 'embedding', sink => 'review_embeddings');
+CALL ml_pipeline.run();
+INSERT INTO reviews VALUES (3, 'I received the parcel on Tuesday.');
+UPDATE reviews SET body = 'They replaced it at once, I am happy now.' WHERE id = 2;
+SELECT name, total, done, pending, failed FROM ml_pipeline.status;
+CALL ml_pipeline.run();
+SELECT r.id, r.body, r.sentiment, array_length(e.embedding, 1) AS dimensions FROM reviews r JOIN review_embeddings e USING (id) ORDER BY r.id;
+SELECT name, total, done, pending, failed FROM ml_pipeline.status;
+
 SELECT extname, extversion FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY extname;
 
 -- Mistakes get errors that name the setting and never echo a value (both fail on purpose).

@@ -12,7 +12,8 @@ import time
 import psycopg
 import pytest
 
-from azure_ai_sim.sim import ComprehendSimulator, Fault
+from azure_ai_sim.sim import AzureMLSimulator, ComprehendSimulator, Fault
+from azure_ai_sim.sim.models import HOUSING
 from cluster import Cluster
 from conftest import point_aws_at
 
@@ -381,3 +382,27 @@ def test_pg_cron_runs_the_workers_on_a_schedule(conn, server):
             assert outcome in ("running", "succeeded")
         finally:
             admin.execute("SELECT cron.unschedule(%s)", (job,))
+
+
+def test_a_score_from_azure_ml_is_kept_for_each_row(conn):
+    with AzureMLSimulator(keys=["pipeline-key"]) as azureml:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS azure_ai")
+        url = azureml.url + "/score"
+        conn.execute("SELECT azure_ai.set_setting('azure_ml.scoring_endpoint', %s)", (url,))
+        conn.execute("SELECT azure_ai.set_setting('azure_ml.endpoint_key', 'pipeline-key')")
+        conn.execute("CREATE TABLE houses (id int PRIMARY KEY, features float8[])")
+        conn.execute(
+            "INSERT INTO houses SELECT g, ARRAY[g, 2, 3, 4, 5, 6, 7, 8]"
+            " FROM generate_series(1, 50) g"
+        )
+        conn.execute(
+            "SELECT ml_pipeline.create('price', 'houses', 'azure_ml.score(features)', 'price')"
+        )
+        conn.execute("CALL ml_pipeline.run()")
+        prices = [row[0] for row in conn.execute("SELECT price FROM houses ORDER BY id")]
+        assert prices == pytest.approx(
+            HOUSING.predict([[g, 2, 3, 4, 5, 6, 7, 8] for g in range(1, 51)])
+        )
+        assert len(azureml.recorded.snapshot()) == 1  # the 50 rows in one request
+        conn.execute("SELECT ml_pipeline.drop('price')")
+        conn.execute("DROP TABLE houses")

@@ -732,9 +732,9 @@ def status() -> list[dict]:
     ):  # fmt: skip
         source, target = p["source"], _quote(p["target_column"])
         if p["sink"]:
-            done = _one(f"SELECT count(*) AS n FROM {p['sink']}")["n"]  # type: ignore[index]
+            with_result = _one(f"SELECT count(*) AS n FROM {p['sink']}")["n"]  # type: ignore[index]
         else:
-            done = _one(f"SELECT count({target}) AS n FROM {source}")["n"]  # type: ignore[index]
+            with_result = _one(f"SELECT count({target}) AS n FROM {source}")["n"]  # type: ignore[index]
         counts = _one(
             f"SELECT (SELECT count(*) FROM {source}) AS total,"
             " (SELECT count(*) FROM ml_pipeline.queue WHERE pipeline = $1) AS queued,"
@@ -748,13 +748,17 @@ def status() -> list[dict]:
             p["name"], types=("text",),
         )  # fmt: skip
         assert counts is not None
+        # rows without a result that the backfill has yet to queue
         unqueued = 0 if p["backfill_done"] else max(
-            counts["total"] - done - counts["queued"] - counts["failed"], 0
+            counts["total"] - with_result - counts["queued"] - counts["failed"], 0
         )  # fmt: skip
+        pending = counts["queued"] + unqueued
         rows.append({
             "name": p["name"], "source": source, "target": p["target_column"],
             "paused": p["paused"], "backfill_done": p["backfill_done"],
-            "total": counts["total"], "done": done, "pending": counts["queued"] + unqueued,
+            "total": counts["total"],
+            "done": max(counts["total"] - pending - counts["failed"], 0),  # current results
+            "pending": pending,
             "failed": counts["failed"], "oldest_pending": counts["oldest"],
             "rows_per_second": float(counts["rate"] or 0), "last_error": counts["last_error"],
         })  # fmt: skip
