@@ -30,7 +30,8 @@ from typing import Any
 from azure_ai_sim import errors, pg
 
 BACKFILL_KEYS = 10_000
-IDLE_SECONDS = 0.2  # continuous mode: how often an empty queue is looked at again
+IDLE_SECONDS = 0.1  # continuous mode: how often an empty queue is looked at again
+LEASE_PAGES = 10  # a worker looks this many batches deep for keys no other worker holds
 # SQLSTATEs worth another attempt: timeouts, throttling, the service's or the network's
 # failures, and PostgreSQL's serialization failures and deadlocks.
 TRANSIENT = re.compile(r"57014|53\w\w\w|58000|58030|40001|40P01")
@@ -436,34 +437,36 @@ def _compute(
         f"SELECT s.* FROM {source} s WHERE ({columns}) IN"
         f" (SELECT {typed} FROM unnest($1::jsonb[]) k) ORDER BY {columns}"
     )
-    existing = [
-        row["key"]
-        for row in pg.execute(
-            f"SELECT {_key(key_columns, 's')}::text AS key FROM ({rows}) s", ("jsonb[]",), (keys,)
-        )  # fmt: skip
-    ]
     compute = (
-        f"WITH {CTE} AS MATERIALIZED ({rows}) SELECT ({declaration['expression']})::text"
-        f" AS value FROM {CTE} AS {alias}"
+        f"WITH {CTE} AS MATERIALIZED ({rows}) SELECT {_key(key_columns, alias)}::text AS key,"
+        f" ({declaration['expression']})::text AS value FROM {CTE} AS {alias}"
     )
     plan = plpy.prepare(compute, ["jsonb[]"])
     results: dict[str, str | None] = {}
     failures: dict[str, dict] = {}
-    left = existing
+    left = keys
     while left:
-        done: list[str | None] = []
+        done: list[tuple[str, str | None]] = []
         try:
             with plpy.subtransaction():  # the expression in the search_path it was made in
                 pg.execute("SELECT set_config('search_path', $1, true)", ("text",),
                            (declaration["search_path"],))  # fmt: skip
                 for row in plpy.cursor(plan, [left]):
-                    done.append(row["value"])
+                    done.append((row["key"], row["value"]))
+            left = []
         except plpy.SPIError as failure:
-            failures[left[len(done)]] = {
-                "sqlstate": failure.sqlstate or "XX000", "message": str(failure)
-            }  # fmt: skip
-        results.update(zip(left, done, strict=False))
-        left = left[len(done) + 1 :]
+            existing = [  # in the order the rows were computed in
+                row["key"] for row in pg.execute(
+                    f"SELECT {_key(key_columns, 's')}::text AS key FROM ({rows}) s",
+                    ("jsonb[]",), (left,),
+                )
+            ]  # fmt: skip
+            if len(existing) > len(done):
+                failures[existing[len(done)]] = {
+                    "sqlstate": failure.sqlstate or "XX000", "message": str(failure)
+                }  # fmt: skip
+            left = existing[len(done) + 1 :]
+        results.update(done)
     gone = [key for key in keys if key not in results and key not in failures]
     return results, failures, gone
 
@@ -579,21 +582,28 @@ def _lease(declaration: dict) -> dict:
     if declaration["paused"]:
         return {"paused": True, "keys": []}
     backfilled = 0 if declaration["backfill_done"] else _backfill(declaration)
-    candidates = pg.execute(
-        "SELECT key::text AS key, version FROM ml_pipeline.queue WHERE pipeline = $1"
-        " AND not_before <= now() ORDER BY not_before, queued, key LIMIT $2",
-        ("text", "integer"), (name, declaration["batch_size"] * 2),
-    )  # fmt: skip
-    locked = pg.execute(
-        "SELECT key FROM unnest($2::text[]) WITH ORDINALITY c(key, n)"
-        " WHERE pg_try_advisory_lock(hashtext($1), hashtext(key)) ORDER BY n",
-        ("text", "text[]"), (name, [c["key"] for c in candidates]),
-    )  # fmt: skip
-    keys = [row["key"] for row in locked]
-    taken, extra = keys[: declaration["batch_size"]], keys[declaration["batch_size"] :]
-    _held.setdefault(name, set()).update(keys)
-    _unlock(name, extra)
-    version = {c["key"]: c["version"] for c in candidates}
+    size = declaration["batch_size"]
+    taken: list[str] = []
+    version: dict[str, int] = {}
+    for page in range(LEASE_PAGES):  # past the keys that other workers hold
+        candidates = pg.execute(
+            "SELECT key::text AS key, version FROM ml_pipeline.queue WHERE pipeline = $1"
+            " AND not_before <= clock_timestamp() ORDER BY not_before, queued, key"
+            " LIMIT $2 OFFSET $3",
+            ("text", "integer", "integer"), (name, size, page * size),
+        )  # fmt: skip
+        version.update((c["key"], c["version"]) for c in candidates)
+        locked = pg.execute(
+            "SELECT key FROM unnest($2::text[]) WITH ORDINALITY c(key, n)"
+            " WHERE pg_try_advisory_lock(hashtext($1), hashtext(key)) ORDER BY n",
+            ("text", "text[]"), (name, [c["key"] for c in candidates]),
+        )  # fmt: skip
+        taken += [row["key"] for row in locked]
+        if len(taken) >= size or len(candidates) < size:
+            break
+    _unlock(name, taken[size:])
+    taken = taken[:size]
+    _held.setdefault(name, set()).update(taken)
     return {
         "keys": taken, "versions": [version[key] for key in taken], "backfilled": backfilled,
         "pipeline": {k: declaration[k] for k in (
