@@ -406,3 +406,18 @@ def test_a_score_from_azure_ml_is_kept_for_each_row(conn):
         assert len(azureml.recorded.snapshot()) == 1  # the 50 rows in one request
         conn.execute("SELECT ml_pipeline.drop('price')")
         conn.execute("DROP TABLE houses")
+
+
+def test_a_dropped_source_takes_its_pipelines_along(conn):
+    conn.execute("INSERT INTO reviews VALUES (1, %s, 5)", (TEXTS[0],))
+    declare(conn)
+    conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO notes VALUES (1, 'hello')")
+    conn.execute("SELECT ml_pipeline.create('shout', 'notes', 'upper(body)', 'loud')")
+    conn.execute("DROP TABLE reviews")
+    assert [row[0] for row in conn.execute("SELECT name FROM ml_pipeline.pipelines")] == ["shout"]
+    conn.execute("CALL ml_pipeline.run()")  # the others still work, and so does the status
+    assert conn.execute("SELECT loud FROM notes").fetchone() == ("HELLO",)
+    assert [row[0] for row in conn.execute("SELECT name FROM ml_pipeline.status")] == ["shout"]
+    conn.execute("DROP TABLE notes")
+    assert conn.execute("SELECT count(*) FROM ml_pipeline.queue").fetchone()[0] == 0

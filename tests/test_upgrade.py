@@ -22,6 +22,7 @@ SCHEMAS = {
     "azure_ai": ["azure_ai", "azure_ml", "azure_ai_internal"],
     "azure_local_ai": ["azure_local_ai", "azure_local_ai_internal"],
     "aws_ml": ["aws_ml", "aws_sagemaker", "aws_comprehend", "aws_bedrock", "aws_ml_internal"],
+    "ml_pipeline": ["ml_pipeline", "ml_pipeline_internal"],
 }
 LANGUAGES = {name: f"{name}_plpython" for name in SCHEMAS}
 EARLIER = [(name, old) for name, versions in SQL_VERSIONS.items() for old in versions[:-1]]
@@ -29,7 +30,7 @@ EARLIER = [(name, old) for name, versions in SQL_VERSIONS.items() for old in ver
 
 def describe(server: Server, dsn: str, extension: str) -> str:
     """What psql shows of the extension and its schemas, as a user would list them."""
-    commands = [f"\\dx+ {extension}", f"\\dL+ {LANGUAGES[extension]}"]
+    commands = [f"\\dx+ {extension}", f"\\dL+ {LANGUAGES[extension]}", "\\dy+"]
     for schema in SCHEMAS[extension]:
         commands += [f"\\dn+ {schema}", f"\\df+ {schema}.*", f"\\dp {schema}.*"]
     args = ["-X", "-d", dsn, "-v", "ON_ERROR_STOP=1"]

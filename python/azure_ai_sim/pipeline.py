@@ -150,39 +150,38 @@ def _inputs(table: str, expression: str) -> tuple[list[str], str]:
             " AND d.refobjsubid > 0 ORDER BY 1",
             ("text", "text"), (view, table),
         )  # fmt: skip
-        kind = _one(
-            "SELECT format_type(atttypid, atttypmod) AS kind FROM pg_attribute"
-            " WHERE attrelid = $1::regclass AND attname = 'value'",
-            view, types=("text",),
-        )  # fmt: skip
+        kind = _column_kind(view, "value")
     finally:
         plpy.execute(f"DROP VIEW {view}")
     if not columns:
         raise _error("the expression reads no column of the source")
     assert kind is not None
-    return [column["name"] for column in columns], kind["kind"]
+    return [column["name"] for column in columns], kind
+
+
+def _column_kind(table: str, column: str) -> str | None:
+    """The type of a column (with its modifier, as vector(384)), or None if there is none."""
+    row = _one(
+        "SELECT format_type(atttypid, atttypmod) AS kind FROM pg_attribute"
+        " WHERE attrelid = $1::regclass AND attname = $2 AND attnum > 0 AND NOT attisdropped",
+        table, column, types=("text", "text"),
+    )  # fmt: skip
+    return row["kind"] if row else None
 
 
 def _add_column(table: str, column: str, kind: str) -> None:
-    found = _one(
-        "SELECT format_type(atttypid, atttypmod) AS kind FROM pg_attribute"
-        " WHERE attrelid = $1::regclass AND attname = $2 AND NOT attisdropped",
-        table, column, types=("text", "text"),
-    )  # fmt: skip
-    if found is None:
+    if _column_kind(table, column) is None:
         _run(f"ALTER TABLE {table} ADD COLUMN {_quote(column)} {kind}")
 
 
 def _sink(sink: str, source: int, keys: list[str], target: str, kind: str) -> int:
     """The sink table (made, if missing, with the source's key and the target)."""
     if _one("SELECT to_regclass($1) AS oid", sink, types=("text",))["oid"] is None:  # type: ignore[index]
-        columns = pg.execute(
-            "SELECT attname::text AS name, format_type(atttypid, atttypmod) AS kind"
-            " FROM pg_attribute WHERE attrelid = $1 AND attname = ANY($2)",
-            ("oid", "text[]"), (source, keys),
-        )  # fmt: skip
-        kinds = {column["name"]: column["kind"] for column in columns}
-        definition = ", ".join(f"{_quote(key)} {kinds[key]}" for key in keys)
+        name = _one("SELECT $1::regclass::text AS name", source, types=("oid",))["name"]  # type: ignore[index]
+        kinds = _key_kinds(name, keys)
+        definition = ", ".join(
+            f"{_quote(key)} {kind}" for key, kind in zip(keys, kinds, strict=True)
+        )
         key_list = ", ".join(map(_quote, keys))
         _run(
             f"CREATE TABLE {sink} ({definition}, {_quote(target)} {kind},"
@@ -479,13 +478,7 @@ def _relation_name(source: str) -> str:
 
 
 def _key_kinds(source: str, keys: list[str]) -> list[str]:
-    rows = pg.execute(
-        "SELECT attname::text AS name, format_type(atttypid, atttypmod) AS kind"
-        " FROM pg_attribute WHERE attrelid = $1::regclass AND attname = ANY($2)",
-        ("text", "text[]"), (source, keys),
-    )  # fmt: skip
-    kinds = {row["name"]: row["kind"] for row in rows}
-    return [kinds[key] for key in keys]
+    return [_column_kind(source, key) or "" for key in keys]
 
 
 def _write(
@@ -526,11 +519,7 @@ def _store(declaration: dict, keys: list[str], values: list[str | None]) -> None
     source, key_columns = declaration["source"], declaration["key_columns"]
     table = declaration["sink"] or source
     target = _quote(declaration["target_column"])
-    kind = _one(
-        "SELECT format_type(atttypid, atttypmod) AS kind FROM pg_attribute"
-        " WHERE attrelid = $1::regclass AND attname = $2",
-        table, declaration["target_column"], types=("text", "text"),
-    )["kind"]  # type: ignore[index]  # fmt: skip
+    kind = _column_kind(table, declaration["target_column"])
     typed = [f"(r.key ->> {i})::{kind}" for i, kind in enumerate(_key_kinds(source, key_columns))]
     results = "unnest($1::jsonb[], $2::text[]) r(key, value)"
     if declaration["sink"]:
