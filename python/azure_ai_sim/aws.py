@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 from xml.etree import ElementTree
 
-from azure_ai_sim import errors, redaction, transport
+from azure_ai_sim import errors, pg, redaction, transport
 
 T = TypeVar("T")
 
@@ -319,6 +319,7 @@ class RowBatch:
         self.columns: list[list[Any]] = [[] for _ in columns]  # per argument, every row
         self.results: list[Any] = []
         self.failure: tuple[int, errors.Error] | None = None
+        self.warnings: dict[int, errors.Error] = {}  # rows NULL by throw_on_error false
         self._sending = transport.Sending(stop_on_error=False)
         self._exchanges: dict[int, Exchange] = {}  # by their index in _sending
         self.extend(*columns)
@@ -352,6 +353,24 @@ class RowBatch:
         if row < self.limit:
             self.failure = (row, error)
             self._sending.stop_after(row)
+
+    def failed(
+        self, rows: Sequence[int], failure: errors.Error, throw_on_error: Sequence[bool | None]
+    ) -> None:
+        """The rows' call failed: a row with throw_on_error false is NULL with a WARNING if
+        the service or the network failed it; the first other row fails the batch."""
+        for row in rows:
+            if throw_on_error[row] is False and isinstance(failure, errors.CallFailed):
+                self.warnings[row] = failure
+            else:
+                self.fail(row, failure)
+                return
+
+    def warn(self, source: str) -> None:
+        """The WARNINGs of the rows before the first failing one, in row order."""
+        for row in sorted(self.warnings):
+            if row < self.limit:
+                pg.warning(self.warnings[row], source)
 
     def prepare(self, check: Callable[..., T | None], *columns: Sequence[Any]) -> dict[int, T]:
         """Runs each row's own checks, check(row's element of each column), in row order

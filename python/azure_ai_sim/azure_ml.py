@@ -127,13 +127,9 @@ def invoke_batch(
     )
     arguments = (input_data, timeout_ms, deployment_name, max_attempts, retry_delay_ms)
     calls = batch.prepare(_call, *arguments)
-    warnings: dict[int, errors.Error] = {}
 
     def failed(row: int, failure: errors.Error) -> None:
-        if throw_on_error[row] is False and isinstance(failure, errors.CallFailed):
-            warnings[row] = failure  # and the result stays NULL
-        else:
-            batch.fail(row, failure)
+        batch.failed([row], failure, throw_on_error)
 
     def finish(row: int, response: transport.Response) -> None:
         batch.results[row] = _json_text(response)
@@ -154,9 +150,7 @@ def invoke_batch(
         exchange.failed = functools.partial(failed, row)
         batch.add(exchange)
     batch.run()
-    for row in sorted(warnings):
-        if row < batch.limit:
-            pg.warning(warnings[row], "azure_ml.invoke")
+    batch.warn("azure_ml.invoke")
     return batch.outcome()
 
 

@@ -370,7 +370,6 @@ class _Scoring:
             self.max_attempts, self.retry_delay_ms, self.max_batch_count,
         ) = self.rows.columns  # fmt: skip
         self.most = aws.rows_per_request(batch_rows)
-        self.warnings: dict[int, errors.Error] = {}
         self.calls: dict[tuple, azure_ml._Call] = {}  # by the group's arguments
         self.secrets: dict[str | None, str | None] = {}
         self.shapes: dict[str | None, Shape | errors.Error] = {}
@@ -389,9 +388,7 @@ class _Scoring:
         for group in list(self.waiting):
             self._send(group, everything=True)
         self.rows.run()
-        for row in sorted(self.warnings):
-            if row < self.rows.limit:
-                pg.warning(self.warnings[row], "azure_ml.score")
+        self.rows.warn("azure_ml.score")
         return self.rows.outcome()
 
     def _check(self, first: int) -> None:
@@ -423,7 +420,7 @@ class _Scoring:
                 continue
             shape = self._shape(self.calls[group])
             if isinstance(shape, errors.Error):
-                _failed(rows, self.warnings, self.throw_on_error, members, shape)
+                rows.failed(members, shape, self.throw_on_error)
                 continue
             inputs, bad, as_given = shape.rows([parsed[row - first] for row in members])
             if bad is not None:
@@ -502,7 +499,7 @@ class _Scoring:
             finish = functools.partial(self._finish, run, shape)
             exchange = aws.Exchange(run[0], request, call.timing, finish)
             exchange.failed = functools.partial(
-                _failed, self.rows, self.warnings, self.throw_on_error, run
+                self.rows.failed, run, throw_on_error=self.throw_on_error
             )
             self.rows.add(exchange)
 
@@ -530,20 +527,6 @@ class _Waiting:
 
     def after(self, start: int) -> _Waiting:
         return _Waiting(self.rows[start:], self.values[start:], self.as_given[start:])
-
-
-def _failed(
-    batch: aws.RowBatch, warnings: dict[int, errors.Error], throw_on_error: list[bool | None],
-    rows: list[int], failure: errors.Error,
-) -> None:  # fmt: skip
-    """The rows' call failed: a row with throw_on_error false is NULL with a WARNING if
-    the service or the network failed it; the first other row fails the batch."""
-    for row in rows:
-        if throw_on_error[row] is False and isinstance(failure, errors.CallFailed):
-            warnings[row] = failure
-        else:
-            batch.fail(row, failure)
-            return
 
 
 def _json(prediction: Any) -> str:
