@@ -36,6 +36,7 @@ void		_PG_init(void);		/* fmgr.h declares it from 16 on */
 #endif
 extern PGDLLEXPORT void azure_ai_sim_error_report_init(void);	/* error_report.c */
 extern void azure_ai_sim_batch_init(void);	/* batch.c */
+extern void azure_ai_sim_usage_init(void);	/* usage.c */
 
 static emit_log_hook_type prev_emit_log_hook = NULL;
 static post_parse_analyze_hook_type prev_post_parse_analyze_hook = NULL;
@@ -183,9 +184,9 @@ filter_activity(ParseState *pstate, Query *query, JumbleState *jstate)
 }
 
 /*
- * The library's _PG_init: this file's hooks and error_report.c's. Runs when the library
- * loads: at server start with shared_preload_libraries, otherwise in each session that
- * loads it. error_report.c's emit_log_hook, installed last, runs first: it sees the
+ * The library's _PG_init: this file's hooks, error_report.c's, batch.c's and usage.c's
+ * (shared memory: only at server start). Runs when the library loads: at server start
+ * with shared_preload_libraries, otherwise in each session that loads it. error_report.c's emit_log_hook, installed last, runs first: it sees the
  * messages as PostgreSQL made them.
  */
 void
@@ -197,4 +198,5 @@ _PG_init(void)
 	post_parse_analyze_hook = filter_activity;
 	azure_ai_sim_error_report_init();
 	azure_ai_sim_batch_init();
+	azure_ai_sim_usage_init();
 }

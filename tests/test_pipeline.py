@@ -135,6 +135,40 @@ def test_a_transient_failure_is_retried_later_without_holding_up_the_rest(conn, 
     assert json.loads(json.dumps(status(conn)["last_error"]))["sqlstate"] == "58000"
 
 
+def test_a_row_waits_as_long_as_the_service_or_a_budget_asks(conn, comprehend):
+    conn.execute("INSERT INTO reviews VALUES (1, %s, 5)", (TEXTS[0],))
+    declare(conn)
+    # a 429 whose Retry-After is past the call's own timeout: no retry within the call
+    comprehend.faults.extend([Fault(status=429, retry_after="120")])
+    conn.execute("CALL ml_pipeline.run()")
+    wait, error = conn.execute(
+        "SELECT extract(epoch FROM not_before - clock_timestamp()), last_error"
+        " FROM ml_pipeline.queue"
+    ).fetchone()
+    assert 100 < wait <= 120, wait  # not the backoff's 1 to 3 s
+    assert "retry after: 120 s" not in error["message"]  # in the DETAIL only
+
+    # a spent budget: the row waits for the ledger's next day (00:00 UTC)
+    conn.execute("UPDATE ml_pipeline.queue SET not_before = now()")
+    conn.execute(
+        "INSERT INTO ml_pipeline.budgets (service, requests_per_day) VALUES ('comprehend', 0)"
+    )
+    try:
+        conn.execute("CALL ml_pipeline.run()")
+        until, error = conn.execute(
+            "SELECT not_before, last_error FROM ml_pipeline.queue"
+        ).fetchone()
+    finally:
+        conn.execute("DELETE FROM ml_pipeline.budgets")
+    midnight = conn.execute(
+        "SELECT (date_trunc('day', now() AT TIME ZONE 'UTC') + interval '1 day')"
+        " AT TIME ZONE 'UTC'"
+    ).fetchone()[0]
+    assert abs((until - midnight).total_seconds()) < 5, (until, midnight)
+    assert error["sqlstate"] == "53400" and "budget of comprehend" in error["message"]
+    assert sentiments(conn) == [(1, None)]
+
+
 def test_a_paused_pipeline_waits_and_a_dropped_one_leaves_its_results(conn):
     conn.execute("INSERT INTO reviews VALUES (1, %s, 5)", (TEXTS[0],))
     declare(conn)

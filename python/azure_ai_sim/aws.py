@@ -14,11 +14,12 @@ import calendar
 import itertools
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode
 from xml.etree import ElementTree
 
 from azure_ai_sim import errors, pg, redaction, transport
@@ -47,6 +48,8 @@ BEDROCK = Service(
     "AWS_ENDPOINT_URL_BEDROCK_RUNTIME",
 )  # fmt: skip
 
+# The paths that name what the usage ledger counts a request under
+NAMED_PATH = re.compile(r"/(?:endpoints|model)/([^/]+)/")
 DEFAULT_TIMEOUT_SECONDS = 60.0
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 
@@ -76,12 +79,19 @@ class Client:
     url: str  # the endpoint, without a trailing slash
     credentials: Any
 
-    def request(self, path: str, body: bytes, headers: dict[str, str]) -> transport.Request:
-        """A signed POST of body to path."""
+    def request(
+        self, path: str, body: bytes, headers: dict[str, str], rows: int = 1
+    ) -> transport.Request:
+        """A signed POST of body (which carries rows of the caller's) to path."""
         url = self.url + path
         signed = _sign(self.service, self.region, self.credentials, url, body, headers)
         secrets = _secrets(self.credentials, signed)
-        return transport.Request("POST", url, signed, body, MAX_RESPONSE_BYTES, secrets=secrets)
+        named = NAMED_PATH.match(path)  # a SageMaker endpoint's or a Bedrock model's
+        return transport.Request(
+            "POST", url, signed, body, MAX_RESPONSE_BYTES, secrets=secrets,
+            service=self.service.name, endpoint=unquote(named.group(1)) if named else "",
+            rows=rows,
+        )  # fmt: skip
 
 
 def client(service: Service, settings: dict[str, str], deadline: transport.Deadline) -> Client:

@@ -345,7 +345,7 @@ def detect_sentiment_batch(
     def many(chunk: list[int]) -> aws.Exchange:
         texts = [input_text[row] for row in chunk]
         payload = {"TextList": texts, "LanguageCode": language_code[chunk[0]]}
-        request = client.request(*_comprehend("BatchDetectSentiment", payload))
+        request = client.request(*_comprehend("BatchDetectSentiment", payload), rows=len(chunk))
         return aws.Exchange(chunk[0], request, aws.TIMING, lambda answer: spread(chunk, answer))
 
     def spread(chunk: list[int], response: transport.Response) -> None:
@@ -420,7 +420,7 @@ def invoke_endpoint_batch(
     def many(chunk: list[int]) -> aws.Exchange:
         first = records[chunk[0]]
         body = b"".join(records[row].body for row in chunk)
-        request = client.request(first.path, body, first.headers)
+        request = client.request(first.path, body, first.headers, rows=len(chunk))
         return aws.Exchange(chunk[0], request, aws.TIMING, lambda answer: spread(chunk, answer))
 
     def spread(chunk: list[int], response: transport.Response) -> None:

@@ -56,7 +56,7 @@ class _Call:
     settings: dict[str, str]
     endpoint: str
 
-    def request(self, secret: str | None) -> transport.Request:
+    def request(self, secret: str | None, rows: int = 1) -> transport.Request:
         headers = {
             "Content-Type": "application/json",
             "Accept": "application/json",
@@ -76,6 +76,8 @@ class _Call:
             secrets=(secret,) if secret else (),
             max_response_hint=f"Raise {MAX_RESPONSE_BYTES_SETTING} if the response is "
             "expected to be this large.",
+            service="azure_ml",
+            rows=rows,
         )
 
 

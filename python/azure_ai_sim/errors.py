@@ -6,6 +6,19 @@ plpy errors at the boundary, so the same code runs in unit tests.
 
 from __future__ import annotations
 
+import re
+
+# How an error's DETAIL gives the wait its service asked for (Retry-After), or until a
+# budget renews; ml_pipeline's workers wait that long before the row's next attempt.
+RETRY_AFTER = "retry after:"
+_RETRY_AFTER_SECONDS = re.compile(re.escape(RETRY_AFTER) + r" (\d+(?:\.\d+)?) s")
+
+
+def retry_after_seconds(detail: str | None) -> float | None:
+    """The wait an error's DETAIL asks for, if it gives one."""
+    found = _RETRY_AFTER_SECONDS.search(detail or "")
+    return float(found.group(1)) if found else None
+
 
 class Error(Exception):
     sqlstate = "XX000"
@@ -62,6 +75,14 @@ class SettingMissing(Error):
 
 class Interrupted(Error):
     """PostgreSQL's own cancel, statement timeout or shutdown, with its SQLSTATE."""
+
+
+class BudgetSpent(Error):
+    """A budget of ml_pipeline.budgets refused a call before it left: a failed call, for
+    throw_on_error, as a throttled one would be."""
+
+    sqlstate = "53400"  # configuration_limit_exceeded
+    failed_call = True
 
 
 class CallFailed(Error):

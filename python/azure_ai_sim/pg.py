@@ -85,6 +85,24 @@ class _Backend:
             native.azure_ai_sim_error_report_init.restype = None
             native.azure_ai_sim_error_report_init.argtypes = []
             native.azure_ai_sim_error_report_init()
+        # extension/usage.c: the usage ledger, in shared memory (off unless preloaded).
+        # Optional, as the others: an older library preloaded has none.
+        self.usage_begin: Any = getattr(native, "azure_ai_sim_usage_begin", None)
+        if self.usage_begin is not None:
+            self.usage_begin.restype = ctypes.c_int
+            self.usage_begin.argtypes = [
+                ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int64, ctypes.c_int64,
+                ctypes.POINTER(ctypes.c_int64),
+            ]  # fmt: skip
+            self.usage_end = native.azure_ai_sim_usage_end
+            self.usage_end.restype = None
+            self.usage_end.argtypes = [
+                ctypes.c_char_p, ctypes.c_char_p, ctypes.c_bool, ctypes.c_int64,
+                ctypes.c_int64, ctypes.c_int64,
+            ]  # fmt: skip
+            self.usage_flush = native.azure_ai_sim_usage_flush
+            self.usage_flush.restype = None
+            self.usage_flush.argtypes = []
         # The Python codec of the server's encoding, which PL/Python's messages are in
         # (SQL_ASCII: PL/Python's UTF-8 as it is); None if Python has none.
         encoding = (self.get_config_option(b"server_encoding", True, False) or b"").decode()
@@ -167,6 +185,45 @@ def caller_reads_server_files() -> bool:
             hint="Restart the server, so that it loads the library make install put in place.",
         )
     return check()
+
+
+USAGE_OFF = -1  # usage_begin's answer without the ledger (extension/usage.c)
+
+
+def usage_begin(
+    service: str, endpoint: str, rows: int, bytes_sent: int, caps: Sequence[int]
+) -> int:
+    """Counts an attempt in the ledger unless one of the six caps (per day: requests, rows,
+    tokens of the whole service, then of the endpoint; -1 none) is reached: 0, or the cap
+    (1 to 6) that refuses it, or USAGE_OFF."""
+    if _outside_postgres:
+        return USAGE_OFF
+    try:
+        begin = _postgres().usage_begin
+    except AttributeError:  # not inside PostgreSQL (a unit test)
+        return USAGE_OFF
+    if begin is None:
+        return USAGE_OFF
+    return begin(service.encode(), endpoint.encode(), rows, bytes_sent,
+                 (ctypes.c_int64 * 6)(*caps))  # fmt: skip
+
+
+def usage_end(
+    service: str, endpoint: str, failed: bool, bytes_received: int, input_tokens: int,
+    output_tokens: int,
+) -> None:  # fmt: skip
+    """What an attempt counted by usage_begin brought back."""
+    backend = _backend  # none: not inside PostgreSQL, so nothing was counted
+    if backend is not None and backend.usage_begin is not None:
+        backend.usage_end(service.encode(), endpoint.encode(), failed, bytes_received,
+                          input_tokens, output_tokens)  # fmt: skip
+
+
+def usage_flush() -> None:
+    """Saves the ledger if it changed: when a call of one of our functions ends."""
+    backend = _backend  # none yet: this session made no call
+    if backend is not None and backend.usage_begin is not None:
+        backend.usage_flush()
 
 
 def setting(name: str) -> str | None:
@@ -333,6 +390,8 @@ def sql_function(name: str) -> Callable[[F], F]:
                     raise
                 internal = errors.Error(f"internal error: {type(bug).__name__}: {bug}")
                 raise sql_error(internal, name) from None
+            finally:
+                usage_flush()
 
         return entry_point  # type: ignore[return-value]
 

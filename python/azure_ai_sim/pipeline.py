@@ -461,13 +461,22 @@ def _compute(
                 )
             ]  # fmt: skip
             if len(existing) > len(done):
-                failures[existing[len(done)]] = {
-                    "sqlstate": failure.sqlstate or "XX000", "message": str(failure)
-                }  # fmt: skip
+                failures[existing[len(done)]] = _failure(failure)
             left = existing[len(done) + 1 :]
         results.update(done)
     gone = [key for key in keys if key not in results and key not in failures]
     return results, failures, gone
+
+
+def _failure(error: Any) -> dict:
+    """What the queue keeps of a row's error (a plpy.SPIError): its SQLSTATE, message, and
+    the wait that its DETAIL asks for (the service's Retry-After, or a budget's renewal)."""
+    spidata = getattr(error, "spidata", None)  # (sqlerrcode, detail, hint, ...)
+    detail = spidata[1] if isinstance(spidata, tuple) and len(spidata) > 1 else None
+    return {
+        "sqlstate": error.sqlstate or "XX000", "message": str(error),
+        "retry_after": errors.retry_after_seconds(detail),
+    }  # fmt: skip
 
 
 def _relation_name(source: str) -> str:
@@ -501,8 +510,7 @@ def _write(
                 _store(declaration, present, values)
         except plpy.SPIError as failure:  # a result the target does not take, say
             for key in present:
-                failures[key] = {"sqlstate": failure.sqlstate or "XX000",
-                                 "message": str(failure)}  # fmt: skip
+                failures[key] = _failure(failure)
     if failures:
         _claim(declaration["name"], {
             "step": "failed",
@@ -690,6 +698,7 @@ def _failed(declaration: dict, failures: list[dict]) -> None:
             continue  # changed meanwhile: its new value gets fresh attempts
         if failure["transient"] and row["attempts"] < declaration["max_attempts"]:
             delay = min(2.0 ** row["attempts"], MAX_BACKOFF_SECONDS) * random.uniform(0.5, 1.5)
+            delay = max(delay, failure.get("retry_after") or 0.0)
             pg.execute(
                 "UPDATE ml_pipeline.queue"
                 " SET not_before = clock_timestamp() + make_interval(secs => $3)"

@@ -282,6 +282,7 @@ def shape_for(call: azure_ml._Call, secret: str | None) -> Shape:
         fetch = transport.Request(
             "GET", url, {k: v for k, v in request.headers.items() if k != "Content-Type"}, b"",
             max_response_bytes=request.max_response_bytes, secrets=request.secrets,
+            service=request.service, rows=0,
         )  # fmt: skip
         deadline = call.timing.deadline()
         response = transport.send(fetch, deadline, call.timing.policy())
@@ -495,7 +496,7 @@ class _Scoring:
             start = end
             request = azure_ml._Call(
                 payload, call.deployment_name, call.timing, call.settings, call.endpoint
-            ).request(self.secrets[call.deployment_name])
+            ).request(self.secrets[call.deployment_name], rows=len(run))
             finish = functools.partial(self._finish, run, shape)
             exchange = aws.Exchange(run[0], request, call.timing, finish)
             exchange.failed = functools.partial(

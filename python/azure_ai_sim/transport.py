@@ -38,7 +38,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
-from azure_ai_sim import errors, pg, redaction, settings, wire
+from azure_ai_sim import errors, pg, redaction, settings, usage, wire
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # AWS signals throttling with 400 and one of these codes.
@@ -94,6 +94,11 @@ class Request:
     secrets: tuple[str, ...] = ()
     # How a caller raises max_response_bytes, for the error when a response is larger.
     max_response_hint: str | None = None
+    # What the usage ledger counts it under: the service, the endpoint or model (empty:
+    # the URL, as errors show it), and how many rows of the caller's it carries.
+    service: str = "http"
+    endpoint: str = ""
+    rows: int = 1
 
 
 @dataclass
@@ -211,10 +216,12 @@ def _outcome(
             return _with_attempts(failure, attempt, request)
     assert isinstance(failure, errors.CallFailed)
     if attempt >= policy.max_attempts or deadline.left() <= 0:
-        return _with_attempts(failure, attempt, request)
+        return _with_attempts(failure, attempt, request, retry_after=retry_after)
     wait = policy.backoff(attempt, retry_after)
     if wait >= deadline.left():
-        return _with_attempts(failure, attempt, request, "the next retry would pass the timeout")
+        return _with_attempts(
+            failure, attempt, request, "the next retry would pass the timeout", retry_after
+        )
     return wait
 
 
@@ -286,12 +293,16 @@ def _status_error(request: Request, response: Response, code: str | None) -> err
 
 
 def _with_attempts(
-    failure: errors.CallFailed, attempts: int, request: Request, why_stopped: str | None = None
-) -> errors.CallFailed:
-    """Adds what the caller needs to act on: attempts, request ids; removes secrets."""
+    failure: errors.CallFailed, attempts: int, request: Request, why_stopped: str | None = None,
+    retry_after: float | None = None,
+) -> errors.CallFailed:  # fmt: skip
+    """Adds what the caller needs to act on: attempts, the service's Retry-After (which
+    ml_pipeline's workers wait for), request ids; removes secrets."""
     details = [f"attempts: {attempts}"]
     if why_stopped:
         details.append(why_stopped)
+    if retry_after is not None:
+        details.append(f"{errors.RETRY_AFTER} {retry_after:g} s")
     if failure.request_id:
         details.append(f"request id: {failure.request_id}")
     client_id = request.headers.get("x-ms-client-request-id")
@@ -352,8 +363,8 @@ class _Flight:
     """One request of a batch: its attempts, and what the one in flight waits for."""
 
     __slots__ = (
-        "attempt", "deadline", "endpoint", "index", "key", "message", "new_deadline", "order",
-        "policy", "request", "steps", "wait",
+        "attempt", "deadline", "endpoint", "index", "key", "ledger", "message", "new_deadline",
+        "order", "policy", "request", "steps", "wait",
     )  # fmt: skip
 
     def __init__(
@@ -366,6 +377,8 @@ class _Flight:
         self.endpoint = endpoint
         self.key: _Key = (endpoint.scheme, endpoint.host, endpoint.port)
         self.message = message
+        endpoint_name = request.endpoint or _show(request.url)
+        self.ledger = (request.service, usage.endpoint_label(endpoint_name))  # its entry
         self.new_deadline = new_deadline
         self.policy = policy
         self.attempt = 0
@@ -505,6 +518,10 @@ class Sending:
                 if flight.deadline.left() <= 0:  # as send would end: no time to connect
                     self._end_attempt(flight, None, errors.TimedOut("the deadline passed"))
                     continue
+                refused = usage.begin(*flight.ledger, flight.request.rows, len(flight.request.body))
+                if refused is not None:
+                    self._end_attempt(flight, None, refused)
+                    continue
                 self.busy[key] = self.busy.get(key, 0) + 1
                 self.in_flight.add(flight)
                 flight.steps = _attempt_steps(flight, self.cap)
@@ -557,6 +574,10 @@ class Sending:
         except errors.Error as ended:
             failure = ended
         self._land(flight)
+        if response is None:
+            usage.end(*flight.ledger, None, {}, b"")
+        else:
+            usage.end(*flight.ledger, response.status, response.headers, response.body)
         self._end_attempt(flight, response, failure)
 
     def _end_attempt(
@@ -590,6 +611,7 @@ class Sending:
         """Ends an attempt in flight; closing its steps closes its connection."""
         steps = flight.steps
         self._land(flight)
+        usage.end(*flight.ledger, None, {}, b"")
         if steps is not None:
             steps.close()
 
