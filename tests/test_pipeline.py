@@ -15,7 +15,7 @@ import pytest
 from azure_ai_sim.sim import AzureMLSimulator, ComprehendSimulator, Fault
 from azure_ai_sim.sim.models import HOUSING
 from cluster import Cluster
-from conftest import point_aws_at
+from conftest import notices, point_aws_at
 
 SENTIMENT = "(aws_comprehend.detect_sentiment(body, 'en')).sentiment"
 TEXTS = ["Great, I love it.", "This is terrible.", "It arrived on Tuesday."]
@@ -361,6 +361,149 @@ def test_embeddings_into_a_sink_table_follow_inserts_updates_and_deletes(conn):
     conn.execute("INSERT INTO reviews VALUES (3, %s, 4)", (TEXTS[0],))
     conn.execute("CALL ml_pipeline.run()")
     assert sunk() == {2: direct(TEXTS[2]), 3: direct(TEXTS[0])}
+
+
+def test_a_sink_switches_to_another_model_with_the_indexes_of_its_new_table(conn):
+    conn.execute("CREATE EXTENSION IF NOT EXISTS azure_local_ai CASCADE")
+    conn.execute("DROP TABLE IF EXISTS review_embeddings, review_embeddings__next")
+    conn.execute("INSERT INTO reviews VALUES (1, %s, 5), (2, %s, 1)", TEXTS[:2])
+    conn.execute(
+        "SELECT ml_pipeline.create('vectors', 'reviews', %s, 'embedding',"
+        " sink => 'review_embeddings')",
+        (EMBEDDING,),
+    )
+    conn.execute("CALL ml_pipeline.run()")
+    queries = EMBEDDING.replace("body", "'query: ' || body")
+    # the new table, made beforehand with an index of its own
+    conn.execute("CREATE TABLE review_embeddings__next (LIKE review_embeddings INCLUDING ALL)")
+    conn.execute("CREATE INDEX review_embeddings_by_vector ON review_embeddings__next (embedding)")
+    conn.execute("SELECT ml_pipeline.switch('vectors', %s)", (queries,))
+    conn.execute("CALL ml_pipeline.run()")
+    wanted = conn.execute(f"SELECT id, {queries} FROM reviews ORDER BY id").fetchall()
+    assert conn.execute("SELECT id, embedding FROM review_embeddings ORDER BY id").fetchall() \
+        == wanted  # fmt: skip
+    relations = conn.execute("SELECT relname FROM pg_class WHERE relname LIKE 'review_emb%'")
+    assert {name for (name,) in relations} == {
+        "review_embeddings", "review_embeddings_by_vector", "review_embeddings__next_pkey"
+    }  # fmt: skip
+    assert conn.execute("SELECT sink::text, expression FROM ml_pipeline.pipelines").fetchall() == [
+        ("review_embeddings", queries)
+    ]
+    conn.execute("DELETE FROM reviews WHERE id = 1")  # the sink follows, as before
+    assert conn.execute("SELECT id FROM review_embeddings").fetchall() == [(2,)]
+
+
+LOWER = f"lower({SENTIMENT})"  # "another model": its answers are told apart by their case
+
+
+def read_throughout(database: str, answers: list, failures: list, stop: threading.Event) -> None:
+    """Reads every result, over and over, until told to stop: (rows, results, new ones)."""
+    with psycopg.connect(database, autocommit=True) as reader:
+        while not stop.is_set():
+            try:
+                answers.append(reader.execute(
+                    "SELECT count(*), count(sentiment),"
+                    " count(*) FILTER (WHERE sentiment = lower(sentiment)) FROM reviews"
+                ).fetchone())  # fmt: skip
+            except psycopg.Error as failure:
+                failures.append(failure)
+            time.sleep(0.005)
+
+
+def test_a_model_switch_fills_a_shadow_while_queries_read_the_old_results(
+    conn, database, comprehend
+):
+    conn.execute(
+        "INSERT INTO reviews SELECT g, (%s::text[])[g %% 3 + 1], 5 FROM generate_series(1, 300) g",
+        (TEXTS,),
+    )
+    declare(conn, batch_size=50)
+    conn.execute("CALL ml_pipeline.run()")
+    conn.execute("SELECT ml_pipeline.switch('mood', %s)", (LOWER,))
+    shadow = conn.execute(
+        "SELECT total, pending FROM ml_pipeline.status WHERE name = 'mood (next)'"
+    ).fetchone()
+    assert shadow == (300, 300)
+    # changes during the switch reach both: the old results and the shadow
+    conn.execute("INSERT INTO reviews VALUES (301, %s, 1)", (TEXTS[1],))
+    conn.execute("UPDATE reviews SET body = %s WHERE id = 1", (TEXTS[2],))
+
+    answers: list = []
+    failures: list = []
+    stop = threading.Event()
+    reader = threading.Thread(target=read_throughout, args=(database, answers, failures, stop))
+    comprehend.latency_ms = 30
+    reader.start()
+    try:
+        time.sleep(0.1)
+        conn.execute("CALL ml_pipeline.run()")  # the shadow fills, then is swapped in
+        time.sleep(0.1)
+    finally:
+        stop.set()
+        reader.join(30)
+        comprehend.latency_ms = 0
+    assert failures == []
+    # every answer saw a result for every row (the new row's came soon), all old or all
+    # new: never a mix
+    assert all(rows == 301 and results >= 300 for rows, results, _ in answers), answers
+    assert all(new in (0, results) for _, results, new in answers), answers
+    assert (answers[0][2], answers[-1][1:]) == (0, (301, 301))
+    assert len(answers) > 10
+
+    old = dict(zip(TEXTS, expected(conn, TEXTS), strict=True))
+    bodies = dict(conn.execute("SELECT id, body FROM reviews").fetchall())
+    assert sentiments(conn) == [(key, old[bodies[key]].lower()) for key in sorted(bodies)]
+    columns = conn.execute(
+        "SELECT array_agg(attname::text ORDER BY attnum) FROM pg_attribute"
+        " WHERE attrelid = 'reviews'::regclass AND attnum > 0 AND NOT attisdropped"
+    ).fetchone()[0]
+    assert columns == ["id", "body", "stars", "sentiment"]
+    assert conn.execute("SELECT name FROM ml_pipeline.status").fetchall() == [("mood",)]
+    # from now on, the new expression
+    conn.execute("INSERT INTO reviews VALUES (302, %s, 1)", (TEXTS[0],))
+    conn.execute("CALL ml_pipeline.run()")
+    assert sentiments(conn)[-1] == (302, old[TEXTS[0]].lower())
+
+
+def test_a_switch_can_be_cancelled_and_waits_for_a_view_of_the_old_column(conn):
+    conn.execute("INSERT INTO reviews VALUES (1, %s, 5), (2, %s, 1)", TEXTS[:2])
+    declare(conn)
+    conn.execute("CALL ml_pipeline.run()")
+    before = sentiments(conn)
+    conn.execute("SELECT ml_pipeline.switch('mood', %s)", (LOWER,))
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="switching already"):
+        conn.execute("SELECT ml_pipeline.switch('mood', %s)", (LOWER,))
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as incomplete:
+        conn.execute("SELECT ml_pipeline.swap('mood')")
+    assert incomplete.value.diag.message_primary == (
+        'ml_pipeline.swap: ml_pipeline: the shadow of "mood" is not complete: 0 rows queued,'
+        " 0 dead letters, its backfill not done"
+    )
+    conn.execute("SELECT ml_pipeline.cancel_switch('mood')")
+    assert conn.execute(
+        "SELECT count(*) FROM pg_attribute WHERE attrelid = 'reviews'::regclass"
+        " AND attname = 'sentiment__next'"
+    ).fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM ml_pipeline.queue").fetchone() == (0,)
+    assert conn.execute(
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'reviews'::regclass"
+    ).fetchone() == (3,)
+    assert sentiments(conn) == before
+
+    # a view reads the old column: the worker's swap fails, says why, and waits
+    conn.execute("CREATE VIEW moods AS SELECT id, sentiment FROM reviews")
+    conn.execute("SELECT ml_pipeline.switch('mood', %s)", (LOWER,))
+    warnings = notices(conn)
+    conn.execute("CALL ml_pipeline.run()")
+    assert any('the swap of "mood" failed' in warning for warning in warnings), warnings
+    error = conn.execute(
+        "SELECT last_error FROM ml_pipeline.status WHERE name = 'mood (next)'"
+    ).fetchone()[0]
+    assert error["sqlstate"] == "2BP01", error
+    assert sentiments(conn) == before
+    conn.execute("DROP VIEW moods")
+    conn.execute("SELECT ml_pipeline.swap('mood')")
+    assert sentiments(conn) == [(key, value.lower()) for key, value in before]
 
 
 def test_a_continuous_worker_scores_new_rows_as_they_come(conn, database):

@@ -37,6 +37,10 @@ LEASE_PAGES = 10  # a worker looks this many batches deep for keys no other work
 TRANSIENT = re.compile(r"57014|53\w\w\w|58000|58030|40001|40P01")
 MAX_BACKOFF_SECONDS = 300.0
 NEW, OLD = "ml_pipeline_new", "ml_pipeline_old"  # the transition tables
+# A switch: the shadow pipeline is named "<name> (next)", and fills "<target>__next" (or
+# the table "<sink>__next"); the swap renames the old one "...__old" and drops it.
+SHADOW, NEXT, OLD_SUFFIX = " (next)", "__next", "__old"
+CLAIM_PREFIX = "ml_pipeline.run: "  # how claim's own errors begin
 CTE = "ml_pipeline_batch"
 
 # The keys this session holds the advisory locks of, by pipeline: run lets go of them
@@ -76,6 +80,13 @@ def create(
     table = _one("SELECT $1::regclass::oid AS oid, $1::regclass::text AS name", source,
                  types=("text",))  # fmt: skip
     assert table is not None
+    _declare(name, table, expression, target, sink, batch_size or 1000, max_attempts or 5)
+
+
+def _declare(
+    name: str, table: dict, expression: str, target: str, sink: str | None, batch_size: int,
+    max_attempts: int,
+) -> None:  # fmt: skip
     keys = _key_columns(table["oid"])
     inputs, kind = _inputs(table["name"], expression)
     if target in inputs and sink is None:
@@ -89,17 +100,24 @@ def create(
         "SELECT ml_pipeline_internal.register($1, $2::regclass, $3, $4,"
         " current_setting('search_path'), $5, $6::regclass, $7, $8)",
         ("text", "oid", "text[]", "text", "text", "oid", "integer", "integer"),
-        (name, table["oid"], inputs, expression, target, sink_oid, batch_size or 1000,
-         max_attempts or 5),
+        (name, table["oid"], inputs, expression, target, sink_oid, batch_size, max_attempts),
     )  # fmt: skip
+    _triggers(name, table["name"])
+
+
+def _triggers(name: str, source: str, drop: bool = False) -> None:
+    """The source's statement triggers that queue a pipeline's work (or their removal)."""
     for operation, transitions in (
         ("INSERT", f"NEW TABLE AS {NEW}"),
         ("UPDATE", f"OLD TABLE AS {OLD} NEW TABLE AS {NEW}"),
         ("DELETE", f"OLD TABLE AS {OLD}"),
     ):
         trigger = _quote(f"ml_pipeline {name} {operation.lower()}"[:63])
+        if drop:
+            _run(f"DROP TRIGGER IF EXISTS {trigger} ON {source}")
+            continue
         _run(
-            f"CREATE TRIGGER {trigger} AFTER {operation} ON {table['name']} REFERENCING"
+            f"CREATE TRIGGER {trigger} AFTER {operation} ON {source} REFERENCING"
             f" {transitions} FOR EACH STATEMENT EXECUTE FUNCTION"
             f" ml_pipeline_internal.capture({_literal(name)})"
         )
@@ -320,7 +338,7 @@ def alter(name: str, batch_size: int | None, max_attempts: int | None) -> None:
 @pg.sql_function("ml_pipeline.pause")
 def set_paused(name: str, paused: bool) -> None:
     _check_owner(name)
-    pg.execute("UPDATE ml_pipeline.pipelines SET paused = $2 WHERE name = $1",
+    pg.execute("UPDATE ml_pipeline.pipelines SET paused = $2 WHERE $1 IN (name, shadow_of)",
                ("text", "boolean"), (name, paused))  # fmt: skip
 
 
@@ -346,16 +364,145 @@ def drop(name: str) -> None:
                name, types=("text",))  # fmt: skip
     if row is None:
         raise _error(f'no pipeline "{name}"', "42704")
+    if _claim(name, {"step": "describe"})["shadow"]:
+        _cancel_switch(name)
     pg.execute("SELECT ml_pipeline_internal.unregister($1)", ("text",), (name,))
-    for operation in ("insert", "update", "delete"):
-        trigger = _quote(f"ml_pipeline {name} {operation}"[:63])
-        _run(f"DROP TRIGGER IF EXISTS {trigger} ON {row['source']}")
+    _triggers(name, row["source"], drop=True)
 
 
 @pg.sql_function("ml_pipeline.drop")
 def unregister(name: str) -> None:
     _check_owner(name)
     pg.execute("DELETE FROM ml_pipeline.pipelines WHERE name = $1", ("text",), (name,))
+
+
+# --- switching to another model -----------------------------------------------------------
+
+
+@pg.sql_function("ml_pipeline.switch")
+def switch(name: str | None, expression: str | None, auto_swap: bool | None) -> None:
+    """As the caller, in the caller's search_path: a shadow pipeline, "<name> (next)",
+    computes the new expression into a shadow column (<target>__next) or sink table
+    (<sink>__next), queued and worked like any pipeline, while queries read the old
+    results. Once it has every row, a worker swaps it in (unless auto_swap is false)."""
+    for argument, value in (("name", name), ("expression", expression)):
+        if not value:
+            raise _error(f"{argument} must not be NULL or empty")
+    assert name and expression
+    main = _claim(name, {"step": "describe"})
+    if main["shadow_of"]:
+        raise _error(f'"{name}" is the shadow of "{main["shadow_of"]}": switch that one')
+    if main["shadow"]:
+        raise _error(f'"{name}" is switching already: swap or cancel_switch first', "55000")
+    table = _one("SELECT $1::regclass::oid AS oid, $1::regclass::text AS name", main["source"],
+                 types=("text",))  # fmt: skip
+    assert table is not None
+    target, sink = main["target_column"], None
+    if main["sink"]:
+        sink = _beside(main["sink"], NEXT)
+        if _one(
+            f"SELECT to_regclass($1) IS NOT NULL AND EXISTS (SELECT FROM {sink})" " AS filled",
+            sink,
+            types=("text",),
+        )["filled"]:  # type: ignore[index]
+            raise _error(f"{sink} exists and has rows: the shadow table must be new or empty")
+    else:
+        target += NEXT
+        if _column_kind(table["name"], target) is not None:
+            raise _error(f'{table["name"]} has a column "{target}" already: drop it first')
+    _declare(name + SHADOW, table, expression, target, sink, main["batch_size"],
+             main["max_attempts"])  # fmt: skip
+    _claim(name, {"step": "shadow", "auto_swap": auto_swap is not False})
+
+
+def _beside(table: str, suffix: str) -> str:
+    """The qualified name of a table beside this one, its name with a suffix."""
+    row = _one(
+        "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname || $2) AS name,"
+        " length(c.relname || $2) AS length FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1::regclass",
+        table, suffix, types=("text", "text"),
+    )  # fmt: skip
+    assert row is not None
+    if row["length"] > 63:
+        raise _error(f"the name of {table} is too long for a table named beside it")
+    return row["name"]
+
+
+@pg.sql_function("ml_pipeline.swap")
+def swap(name: str) -> None:
+    _swap(name)
+
+
+def _swap(name: str) -> None:
+    """As the caller, in one transaction, once the shadow has every row: the shadow
+    column (or table) takes the target's name and the old one is dropped, and the
+    pipeline takes the shadow's expression. The source (and sinks) are locked for it,
+    waiting a second at most for the statements that use them."""
+    import plpy
+
+    main = _claim(name, {"step": "describe"})
+    if not main["shadow"]:
+        raise _error(f'"{name}" is not switching', "55000")
+    shadow = _claim(main["shadow"], {"step": "describe"})
+    pg.lock_wait_limit(1.0)
+    for table in filter(None, (main["source"], main["sink"], shadow["sink"])):
+        try:
+            _run(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        except plpy.SPIError as failure:
+            if failure.sqlstate != "55P03":
+                raise
+            raise _error(f"{table} stayed in use for a second: try the swap again", "55P03") \
+                from None  # fmt: skip
+    _claim(name, {"step": "swap"})  # checks that the shadow is complete
+    _triggers(main["shadow"], main["source"], drop=True)
+    if main["sink"]:
+        old = _beside(main["sink"], OLD_SUFFIX)
+        relname = _relation_name(main["sink"])
+        _run(f"ALTER TABLE {main['sink']} RENAME TO {_quote(relname + OLD_SUFFIX)}")
+        _run(f"ALTER TABLE {shadow['sink']} RENAME TO {_quote(relname)}")
+        _run(f"DROP TABLE {old}")
+        return
+    source, target = main["source"], main["target_column"]
+    _run(f"ALTER TABLE {source} RENAME {_quote(target)} TO {_quote(target + OLD_SUFFIX)}")
+    _run(f"ALTER TABLE {source} RENAME {_quote(target + NEXT)} TO {_quote(target)}")
+    _run(f"ALTER TABLE {source} DROP COLUMN {_quote(target + OLD_SUFFIX)}")
+
+
+@pg.sql_function("ml_pipeline.cancel_switch")
+def cancel_switch(name: str) -> None:
+    _cancel_switch(name)
+
+
+def _cancel_switch(name: str) -> None:
+    """As the caller: the shadow pipeline, its triggers and its column (or table) go."""
+    shadow = _claim(name, {"step": "unshadow"})
+    _triggers(shadow["name"], shadow["source"], drop=True)
+    if shadow["sink"]:
+        _run(f"DROP TABLE {shadow['sink']}")
+    else:
+        _run(f"ALTER TABLE {shadow['source']} DROP COLUMN {_quote(shadow['target_column'])}")
+
+
+def _swap_when_complete(name: str) -> bool:
+    """A worker's swap of a switch whose shadow found nothing left to do; whether it
+    swapped. A lock it did not get within a second, or rows still pending (others'
+    work), wait for the next round; another failure (a view that reads the old column,
+    say) turns the automatic swap off, with a WARNING and the shadow's last error."""
+    import plpy
+
+    try:
+        with plpy.subtransaction():
+            _swap(name)
+        return True
+    except (plpy.SPIError, errors.Error) as failure:
+        if failure.sqlstate in ("55P03", "55000"):
+            return False
+        failed = _failure(failure)
+        _claim(name, {"step": "swap failed", **failed})
+        plpy.warning(f"ml_pipeline: the swap of \"{name}\" failed, and waits for"
+                     f" ml_pipeline.swap: {failed['message']}")  # fmt: skip
+        return False
 
 
 # --- working ---------------------------------------------------------------------------
@@ -379,10 +526,13 @@ def _work(name: str | None, end: float | None, continuous: bool) -> None:
     import plpy
 
     while end is None or time.monotonic() < end:
-        names = [name] if name else _claim(None, {"step": "names"})["names"]
+        listing = _claim(name, {"step": "names"})
         worked = False
-        for each in names:
-            worked |= _step(each)
+        for each in listing["names"]:
+            if _step(each):
+                worked = True
+            elif each in listing["swaps"]:  # a shadow with nothing left to do
+                worked |= _swap_when_complete(listing["swaps"][each])
             plpy.commit()
         if not worked:
             if not continuous:
@@ -410,8 +560,18 @@ def _step(name: str) -> bool:
 
 
 def _claim(name: str | None, work: dict) -> dict:
-    row = _one("SELECT ml_pipeline_internal.claim($1, $2) AS answer", name, json.dumps(work),
-               types=("text", "jsonb"))  # fmt: skip
+    """A step of the extension's owner; its refusals are the caller's own errors."""
+    import plpy
+
+    try:
+        row = _one("SELECT ml_pipeline_internal.claim($1, $2) AS answer", name,
+                   json.dumps(work), types=("text", "jsonb"))  # fmt: skip
+    except plpy.SPIError as refused:
+        message = str(refused)
+        if not message.startswith(CLAIM_PREFIX):
+            raise
+        raise errors.Error(message.removeprefix(CLAIM_PREFIX), sqlstate=refused.sqlstate) \
+            from None  # fmt: skip
     assert row is not None
     return json.loads(row["answer"])
 
@@ -555,13 +715,21 @@ def claim(name: str | None, work_text: str) -> str:
     work = json.loads(work_text)
     step = work["step"]
     if step == "names":
+        if name is not None:
+            _check_owner(name)
         rows = pg.execute(
-            "SELECT name FROM ml_pipeline.pipelines WHERE NOT paused"
-            " AND pg_has_role($1, owner, 'MEMBER') ORDER BY name",
-            ("oid",), (_caller(),),
+            "SELECT name, shadow_of, auto_swap FROM ml_pipeline.pipelines WHERE NOT paused"
+            " AND pg_has_role($1, owner, 'MEMBER')"
+            " AND ($2::text IS NULL OR $2 IN (name, shadow_of)) ORDER BY name",
+            ("oid", "text"), (_caller(), name),
         )  # fmt: skip
-        return json.dumps({"names": [row["name"] for row in rows]})
+        return json.dumps({
+            "names": [row["name"] for row in rows],
+            "swaps": {row["name"]: row["shadow_of"] for row in rows if row["auto_swap"]},
+        })  # fmt: skip
     declaration = _check_owner(name)
+    if step in SWITCH_STEPS:
+        return json.dumps(SWITCH_STEPS[step](declaration, work))
     if step == "lease":
         return json.dumps(_lease(declaration))
     if step == "done":
@@ -570,6 +738,106 @@ def claim(name: str | None, work_text: str) -> str:
         _failed(declaration, work["failures"])
         return "{}"
     raise _error(f"unknown step {step!r}")
+
+
+def _describe(declaration: dict, work: dict) -> dict:
+    """The declaration, and the name of its shadow if it is switching."""
+    shadow = _one("SELECT name FROM ml_pipeline.pipelines WHERE shadow_of = $1",
+                  declaration["name"], types=("text",))  # fmt: skip
+    described = {
+        k: declaration[k]
+        for k in (
+            "name",
+            "source",
+            "target_column",
+            "sink",
+            "batch_size",
+            "max_attempts",
+            "shadow_of",
+        )
+    }
+    return {**described, "shadow": shadow["name"] if shadow else None}  # fmt: skip
+
+
+def _shadow(declaration: dict, work: dict) -> dict:
+    """Makes the pipeline just declared as "<name> (next)" the shadow of this one."""
+    _check_owner(declaration["name"] + SHADOW)
+    pg.execute(
+        "UPDATE ml_pipeline.pipelines SET shadow_of = $1, auto_swap = $2 WHERE name = $3",
+        ("text", "boolean", "text"),
+        (declaration["name"], work["auto_swap"], declaration["name"] + SHADOW),
+    )  # fmt: skip
+    return {}
+
+
+def _swapped(declaration: dict, work: dict) -> dict:
+    """If the shadow has every row: the pipeline takes its expression, inputs, capture
+    and sink; the old queue and dead letters go (the shadow computed those rows); the
+    shadow's declaration goes."""
+    name = declaration["name"]
+    left = _one(
+        "SELECT s.name, s.backfill_done,"
+        " (SELECT count(*) FROM ml_pipeline.queue q WHERE q.pipeline = s.name) AS queued,"
+        " (SELECT count(*) FROM ml_pipeline.dead_letters d WHERE d.pipeline = s.name) AS dead"
+        " FROM ml_pipeline.pipelines s WHERE s.shadow_of = $1",
+        name, types=("text",),
+    )  # fmt: skip
+    if left is None:
+        raise _error(f'"{name}" is not switching', "55000")
+    if not left["backfill_done"] or left["queued"] or left["dead"]:
+        raise _error(
+            f'the shadow of "{name}" is not complete: {left["queued"]} rows queued,'
+            f" {left['dead']} dead letters"
+            + ("" if left["backfill_done"] else ", its backfill not done"),
+            "55000",
+        )  # fmt: skip
+    inputs = _one("SELECT input_columns FROM ml_pipeline.pipelines WHERE shadow_of = $1",
+                  name, types=("text",))["input_columns"]  # type: ignore[index]
+    # the sink, once swapped, has the old one's name
+    capture = _capture(declaration["key_columns"], inputs, declaration["sink"])
+    pg.execute(
+        "WITH shadow AS (DELETE FROM ml_pipeline.pipelines WHERE shadow_of = $1 RETURNING *)"
+        " UPDATE ml_pipeline.pipelines p SET input_columns = s.input_columns,"
+        " expression = s.expression, search_path = s.search_path,"
+        " sink = coalesce(s.sink, p.sink), capture_insert = $2, capture_update = $3,"
+        " capture_delete = $4, backfill_done = true FROM shadow s WHERE p.name = $1",
+        ("text", "text", "text", "text"), (name, *capture),
+    )  # fmt: skip
+    for table in ("queue", "dead_letters"):
+        pg.execute(f"DELETE FROM ml_pipeline.{table} WHERE pipeline = $1", ("text",), (name,))
+    return {}
+
+
+def _unshadowed(declaration: dict, work: dict) -> dict:
+    """Drops the shadow's declaration (and its queue); what the caller then drops."""
+    shadow = _one(
+        "DELETE FROM ml_pipeline.pipelines WHERE shadow_of = $1"
+        " RETURNING name, source::text AS source, sink::text AS sink, target_column",
+        declaration["name"], types=("text",),
+    )  # fmt: skip
+    if shadow is None:
+        raise _error(f'"{declaration["name"]}" is not switching', "55000")
+    return shadow
+
+
+def _swap_failed(declaration: dict, work: dict) -> dict:
+    """An automatic swap that failed for good: it waits for ml_pipeline.swap, and the
+    shadow's status shows why."""
+    pg.execute(
+        "WITH off AS (UPDATE ml_pipeline.pipelines SET auto_swap = false WHERE shadow_of = $1"
+        " RETURNING name) INSERT INTO ml_pipeline.batches (pipeline, done, failed, last_error)"
+        " SELECT name, 0, 0, $2::jsonb FROM off",
+        ("text", "text"),
+        (declaration["name"], json.dumps({"sqlstate": work["sqlstate"],
+                                          "message": work["message"]})),
+    )  # fmt: skip
+    return {}
+
+
+SWITCH_STEPS = {
+    "describe": _describe, "shadow": _shadow, "swap": _swapped, "unshadow": _unshadowed,
+    "swap failed": _swap_failed,
+}  # fmt: skip
 
 
 def _lease(declaration: dict) -> dict:
