@@ -561,6 +561,69 @@ def test_pg_cron_runs_the_workers_on_a_schedule(conn, server):
             admin.execute("SELECT cron.unschedule(%s)", (job,))
 
 
+def test_the_schedule_is_part_of_the_declaration(conn, server):
+    preloaded = conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()[0]
+    if "pg_cron" not in preloaded:
+        pytest.skip("the server does not preload pg_cron (make install and the tests' do)")
+    declare(conn)
+    # pg_cron's functions live in one database only: elsewhere, the command to run there
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as elsewhere:
+        conn.execute("SELECT ml_pipeline.alter('mood', schedule => '* * * * *')")
+    assert elsewhere.value.diag.message_primary == (
+        'ml_pipeline.alter: ml_pipeline: pg_cron is not in this database but in "postgres"'
+        " (cron.database_name)"
+    )
+    assert elsewhere.value.diag.message_hint == (
+        "There, run: SELECT cron.schedule_in_database('ml_pipeline mood', '* * * * *',"
+        " 'CALL ml_pipeline.run(''mood'', max_seconds => 55)', '" + conn.info.dbname + "');"
+    )
+    assert status(conn)["schedule"] is None
+
+    with psycopg.connect(server.dsn_for("postgres"), autocommit=True) as home:
+        home.execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
+        home.execute("CREATE EXTENSION ml_pipeline CASCADE")
+        try:
+            home.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+            home.execute("SELECT ml_pipeline.create('digests', 'notes', 'md5(body)', 'digest')")
+            home.execute("SELECT ml_pipeline.alter('digests', schedule => '*/5 * * * *')")
+
+            def jobs() -> list:
+                return home.execute(
+                    "SELECT jobname, schedule, command FROM cron.job WHERE jobname LIKE 'ml_%'"
+                ).fetchall()
+
+            assert jobs() == [("ml_pipeline digests", "*/5 * * * *",
+                               "CALL ml_pipeline.run('digests', max_seconds => 55)")]  # fmt: skip
+            assert home.execute("SELECT schedule FROM ml_pipeline.status").fetchone() == (
+                "*/5 * * * *",
+            )
+            home.execute("SELECT ml_pipeline.alter('digests', schedule => '')")
+            assert jobs() == []
+            home.execute("SELECT ml_pipeline.alter('digests', schedule => '0 * * * *')")
+            home.execute("SELECT ml_pipeline.drop('digests')")  # its job goes too
+            assert jobs() == []
+        finally:
+            home.execute("DROP TABLE IF EXISTS notes")
+            home.execute("DROP EXTENSION ml_pipeline")
+
+
+def test_an_interactive_run_tells_how_far_it_got(conn, comprehend):
+    conn.execute("INSERT INTO reviews SELECT g, 'review ' || g, 5 FROM generate_series(1, 1500) g")
+    conn.execute("ANALYZE reviews")  # the estimate of what the backfill has yet to queue
+    declare(conn, batch_size=100)
+    told = notices(conn)
+    comprehend.latency_ms = 150  # 15 batches of 4 parallel requests: over 2 s
+    try:
+        conn.execute("CALL ml_pipeline.run()")
+    finally:
+        comprehend.latency_ms = 0
+    progress = [notice for notice in told if notice.startswith('ml_pipeline: "mood"')]
+    assert len(progress) >= 2, told
+    shares = [int(notice.split("(")[1].split("%")[0]) for notice in progress]
+    assert 0 < shares[0] < 100 and shares == sorted(shares), progress
+    assert progress[-1].startswith('ml_pipeline: "mood": 1,500 rows computed (100%), 0 to go,')
+
+
 def test_a_score_from_azure_ml_is_kept_for_each_row(conn):
     with AzureMLSimulator(keys=["pipeline-key"]) as azureml:
         conn.execute("CREATE EXTENSION IF NOT EXISTS azure_ai")

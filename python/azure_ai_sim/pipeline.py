@@ -40,6 +40,8 @@ NEW, OLD = "ml_pipeline_new", "ml_pipeline_old"  # the transition tables
 # A switch: the shadow pipeline is named "<name> (next)", and fills "<target>__next" (or
 # the table "<sink>__next"); the swap renames the old one "...__old" and drops it.
 SHADOW, NEXT, OLD_SUFFIX = " (next)", "__next", "__old"
+SCHEDULED_SECONDS = 55  # how long a scheduled worker runs at most: a minute's job
+PROGRESS_SECONDS = 2.0  # how often an interactive run says how far it got
 CLAIM_PREFIX = "ml_pipeline.run: "  # how claim's own errors begin
 CTE = "ml_pipeline_batch"
 
@@ -326,13 +328,60 @@ def _check_owner(name: str) -> dict:
 
 
 @pg.sql_function("ml_pipeline.alter")
-def alter(name: str, batch_size: int | None, max_attempts: int | None) -> None:
-    _check_owner(name)
+def alter(
+    name: str, batch_size: int | None, max_attempts: int | None, schedule: str | None
+) -> None:
+    """As the caller: the extension's owner stores the change; a schedule is a pg_cron
+    job of the caller's, named "ml_pipeline <name>" ('' unschedules it)."""
+    _claim(name, {"step": "alter", "batch_size": batch_size, "max_attempts": max_attempts,
+                  "schedule": schedule})  # fmt: skip
+    if schedule is not None:
+        _schedule(name, schedule.strip())
+
+
+def _altered(declaration: dict, work: dict) -> dict:
     pg.execute(
         "UPDATE ml_pipeline.pipelines SET batch_size = coalesce($2, batch_size),"
-        " max_attempts = coalesce($3, max_attempts) WHERE name = $1",
-        ("text", "integer", "integer"), (name, batch_size, max_attempts),
+        " max_attempts = coalesce($3, max_attempts),"
+        " schedule = CASE WHEN $4::text IS NULL THEN schedule ELSE nullif(btrim($4), '') END"
+        " WHERE name = $1",
+        ("text", "integer", "integer", "text"),
+        (declaration["name"], work["batch_size"], work["max_attempts"], work["schedule"]),
     )  # fmt: skip
+    return {}
+
+
+def _schedule(name: str, schedule: str, required: bool = True) -> None:
+    """Schedules (or, for '', unschedules) the pipeline's pg_cron job, which runs a worker
+    for up to 55 seconds; pg_cron's functions are only in its own database (without
+    them, and not required, nothing is done)."""
+    job = f"ml_pipeline {name}"
+    command = f"CALL ml_pipeline.run({_literal(name)}, max_seconds => {SCHEDULED_SECONDS})"
+    cron = _one(
+        "SELECT to_regprocedure('cron.schedule(text, text, text)') IS NOT NULL AS here,"
+        " current_database() AS db,"
+        " coalesce(current_setting('cron.database_name', true), 'postgres') AS home"
+    )  # fmt: skip
+    assert cron is not None
+    if not cron["here"] and not required:
+        return
+    if not cron["here"]:
+        there = (
+            f"SELECT cron.schedule_in_database({_literal(job)}, {_literal(schedule)},"
+            f" {_literal(command)}, {_literal(cron['db'])})"
+            if schedule else f"SELECT cron.unschedule({_literal(job)})"
+        )  # fmt: skip
+        raise errors.Error(
+            f'ml_pipeline: pg_cron is not in this database but in "{cron["home"]}"'
+            " (cron.database_name)",
+            sqlstate="55000", hint=f"There, run: {there};",
+        )  # fmt: skip
+    if schedule:
+        pg.execute("SELECT cron.schedule($1, $2, $3)", ("text", "text", "text"),
+                   (job, schedule, command))  # fmt: skip
+    else:
+        pg.execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = $1", ("text",),
+                   (job,))  # fmt: skip
 
 
 @pg.sql_function("ml_pipeline.pause")
@@ -364,8 +413,11 @@ def drop(name: str) -> None:
                name, types=("text",))  # fmt: skip
     if row is None:
         raise _error(f'no pipeline "{name}"', "42704")
-    if _claim(name, {"step": "describe"})["shadow"]:
+    described = _claim(name, {"step": "describe"})
+    if described["shadow"]:
         _cancel_switch(name)
+    if described["schedule"]:
+        _schedule(name, "", required=False)
     pg.execute("SELECT ml_pipeline_internal.unregister($1)", ("text",), (name,))
     _triggers(name, row["source"], drop=True)
 
@@ -525,38 +577,76 @@ def run(name: str | None, max_seconds: float | None, continuous: bool | None) ->
 def _work(name: str | None, end: float | None, continuous: bool) -> None:
     import plpy
 
-    while end is None or time.monotonic() < end:
-        listing = _claim(name, {"step": "names"})
-        worked = False
-        for each in listing["names"]:
-            if _step(each):
-                worked = True
-            elif each in listing["swaps"]:  # a shadow with nothing left to do
-                worked |= _swap_when_complete(listing["swaps"][each])
-            plpy.commit()
-        if not worked:
-            if not continuous:
-                return
-            pg.sleep(IDLE_SECONDS if end is None else min(IDLE_SECONDS, end - time.monotonic()))
+    progress = _Progress()
+    try:
+        while end is None or time.monotonic() < end:
+            listing = _claim(name, {"step": "names"})
+            worked = False
+            for each in listing["names"]:
+                computed = _step(each)
+                if computed is not None:
+                    worked = True
+                    progress.add(each, computed)
+                elif each in listing["swaps"]:  # a shadow with nothing left to do
+                    worked |= _swap_when_complete(listing["swaps"][each])
+                plpy.commit()
+            if not worked:
+                if not continuous:
+                    return
+                pg.sleep(IDLE_SECONDS if end is None else min(IDLE_SECONDS, end - time.monotonic()))
+    finally:
+        progress.tell()
 
 
-def _step(name: str) -> bool:
+class _Progress:
+    """NOTICEs of how far a run got, per pipeline: every PROGRESS_SECONDS, and when it
+    ends, for whoever watches an interactive backfill."""
+
+    def __init__(self) -> None:
+        self.started = self.told = time.monotonic()
+        self.computed: dict[str, int] = {}
+
+    def add(self, name: str, computed: int) -> None:
+        self.computed[name] = self.computed.get(name, 0) + computed
+        if time.monotonic() - self.told >= PROGRESS_SECONDS:
+            self.tell()
+
+    def tell(self) -> None:
+        import plpy
+
+        self.told = time.monotonic()
+        seconds = max(self.told - self.started, 1e-3)
+        for name, computed in self.computed.items():
+            try:
+                left = _claim(name, {"step": "progress"})
+            except (errors.Error, plpy.SPIError):  # dropped meanwhile, or the run failed
+                continue
+            share = 100.0 * computed / max(computed + left["left"], 1)
+            plpy.notice(
+                f'ml_pipeline: "{name}": {computed:,} rows computed ({share:.0f}%),'
+                f" {left['left']:,} {'or so ' if left['estimated'] else ''}to go,"
+                f" {computed / seconds:,.0f} rows/s"
+            )
+
+
+def _step(name: str) -> int | None:
     """One batch of a pipeline: queue some of the backfill, or compute a batch of queued
-    keys and write their results. False when there was nothing to do."""
+    keys and write their results. How many rows were computed; None when there was
+    nothing to do."""
     import plpy
 
     lease = _claim(name, {"step": "lease"})
     plpy.commit()  # the backfill's keys, for every worker to see
     if lease.get("paused"):
-        return False
+        return None
     keys: list[str] = lease["keys"]
     if not keys:
-        return bool(lease.get("backfilled"))
+        return 0 if lease.get("backfilled") else None
     declaration = lease["pipeline"]
     versions = dict(zip(keys, lease["versions"], strict=True))
     results, failures, gone = _compute(declaration, keys)
     _write(declaration, results, failures, gone, versions)
-    return True
+    return len(results)
 
 
 def _claim(name: str | None, work: dict) -> dict:
@@ -728,8 +818,8 @@ def claim(name: str | None, work_text: str) -> str:
             "swaps": {row["name"]: row["shadow_of"] for row in rows if row["auto_swap"]},
         })  # fmt: skip
     declaration = _check_owner(name)
-    if step in SWITCH_STEPS:
-        return json.dumps(SWITCH_STEPS[step](declaration, work))
+    if step in OWNER_STEPS:
+        return json.dumps(OWNER_STEPS[step](declaration, work))
     if step == "lease":
         return json.dumps(_lease(declaration))
     if step == "done":
@@ -740,22 +830,32 @@ def claim(name: str | None, work_text: str) -> str:
     raise _error(f"unknown step {step!r}")
 
 
+def _progress(declaration: dict, work: dict) -> dict:
+    """The rows left: those queued, and until the backfill is done, an estimate of those
+    it has yet to queue (the planner's row count less the rows it went through)."""
+    row = _one(
+        "SELECT (SELECT count(*) FROM ml_pipeline.queue WHERE pipeline = $1) AS queued,"
+        " (SELECT reltuples::bigint FROM pg_class WHERE oid = $2::regclass) AS rows",
+        declaration["name"], declaration["source"], types=("text", "text"),
+    )  # fmt: skip
+    assert row is not None
+    unqueued = 0 if declaration["backfill_done"] else max(
+        row["rows"] - declaration["backfill_seen"], 0
+    )  # fmt: skip
+    return {"left": row["queued"] + unqueued, "estimated": not declaration["backfill_done"]}
+
+
+DESCRIBED = (
+    "name", "source", "target_column", "sink", "batch_size", "max_attempts", "shadow_of",
+    "schedule",
+)  # fmt: skip
+
+
 def _describe(declaration: dict, work: dict) -> dict:
     """The declaration, and the name of its shadow if it is switching."""
     shadow = _one("SELECT name FROM ml_pipeline.pipelines WHERE shadow_of = $1",
                   declaration["name"], types=("text",))  # fmt: skip
-    described = {
-        k: declaration[k]
-        for k in (
-            "name",
-            "source",
-            "target_column",
-            "sink",
-            "batch_size",
-            "max_attempts",
-            "shadow_of",
-        )
-    }
+    described = {k: declaration[k] for k in DESCRIBED}
     return {**described, "shadow": shadow["name"] if shadow else None}  # fmt: skip
 
 
@@ -791,8 +891,11 @@ def _swapped(declaration: dict, work: dict) -> dict:
             + ("" if left["backfill_done"] else ", its backfill not done"),
             "55000",
         )  # fmt: skip
-    inputs = _one("SELECT input_columns FROM ml_pipeline.pipelines WHERE shadow_of = $1",
-                  name, types=("text",))["input_columns"]  # type: ignore[index]
+    inputs = _one(
+        "SELECT input_columns FROM ml_pipeline.pipelines WHERE shadow_of = $1",
+        name,
+        types=("text",),
+    )["input_columns"]  # type: ignore[index]
     # the sink, once swapped, has the old one's name
     capture = _capture(declaration["key_columns"], inputs, declaration["sink"])
     pg.execute(
@@ -834,9 +937,9 @@ def _swap_failed(declaration: dict, work: dict) -> dict:
     return {}
 
 
-SWITCH_STEPS = {
-    "describe": _describe, "shadow": _shadow, "swap": _swapped, "unshadow": _unshadowed,
-    "swap failed": _swap_failed,
+OWNER_STEPS = {
+    "describe": _describe, "alter": _altered, "progress": _progress, "shadow": _shadow,
+    "swap": _swapped, "unshadow": _unshadowed, "swap failed": _swap_failed,
 }  # fmt: skip
 
 
@@ -925,8 +1028,9 @@ def _backfill(declaration: dict) -> int:
     assert row is not None
     pg.execute(
         "UPDATE ml_pipeline.pipelines SET backfill_after = coalesce($2::jsonb, backfill_after),"
-        " backfill_done = $3 WHERE name = $1",
-        ("text", "text", "boolean"), (name, row["last"], row["seen"] < BACKFILL_KEYS),
+        " backfill_done = $3, backfill_seen = backfill_seen + $4 WHERE name = $1",
+        ("text", "text", "boolean", "bigint"),
+        (name, row["last"], row["seen"] < BACKFILL_KEYS, row["seen"]),
     )  # fmt: skip
     return max(row["queued"], 1) if row["seen"] else 0
 
@@ -1037,5 +1141,7 @@ def status() -> list[dict]:
             "pending": pending,
             "failed": counts["failed"], "oldest_pending": counts["oldest"],
             "rows_per_second": float(counts["rate"] or 0), "last_error": counts["last_error"],
+            **{k: p[k] for k in ("expression", "sink", "batch_size", "max_attempts", "schedule",
+                                 "shadow_of")},
         })  # fmt: skip
     return rows
