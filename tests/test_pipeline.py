@@ -209,7 +209,15 @@ def test_a_table_owner_who_is_no_superuser_declares_works_and_watches_only_their
     conn.execute("CALL ml_pipeline.run()")
     assert conn.execute("SELECT loud FROM notes ORDER BY id").fetchall() == [("HELLO",), ("WORLD",)]
     assert [row[0] for row in conn.execute("SELECT name FROM ml_pipeline.status")] == ["shout"]
+    # the owner switches it to another expression, and the worker swaps it in
+    conn.execute("SELECT ml_pipeline.switch('shout', %s)", ("upper(body) || '!'",))
+    conn.execute("CALL ml_pipeline.run()")
+    assert conn.execute("SELECT loud FROM notes ORDER BY id").fetchall() == [
+        ("HELLO!",), ("WORLD!",)
+    ]  # fmt: skip
     conn.execute(f"SET ROLE {bob}")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="belongs to"):
+        conn.execute("SELECT ml_pipeline.switch('shout', 'lower(body)')")
     assert conn.execute("SELECT count(*) FROM ml_pipeline.status").fetchone()[0] == 0
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="belongs to"):
         conn.execute("SELECT ml_pipeline.pause('shout')")
@@ -258,6 +266,9 @@ def test_three_workers_share_the_queue_and_write_each_row_once(conn, database, c
     comprehend.faults.extend([Fault(status=503) if i % 10 == 0 else Fault() for i in range(300)])
     comprehend.latency_ms = 20
     comprehend.reset_counts()
+    ledger = "SELECT coalesce(sum(requests), 0) FROM ml_pipeline.usage WHERE endpoint = %s"
+    endpoint = comprehend.url.rstrip("/") + "/"
+    requests_before = conn.execute(ledger, (endpoint,)).fetchone()[0]
     try:
         conn.execute(
             "INSERT INTO reviews SELECT g, 'review number ' || g, 5 FROM generate_series(1, 5000) g"
@@ -265,6 +276,9 @@ def test_three_workers_share_the_queue_and_write_each_row_once(conn, database, c
         workers(database, 3)
     finally:
         comprehend.latency_ms = 0
+    # the ledger counted every attempt of the three workers, 503s included
+    requests = conn.execute(ledger, (endpoint,)).fetchone()[0] - requests_before
+    assert requests == len(comprehend.recorded.snapshot()) > 200
     unscored, fewest, most = conn.execute(
         "SELECT count(*) FILTER (WHERE sentiment IS NULL), min(writes), max(writes) FROM reviews"
     ).fetchone()

@@ -5,6 +5,7 @@ a restart; budgets (ml_pipeline.budgets) refuse calls past their caps."""
 from __future__ import annotations
 
 import json
+import threading
 
 import psycopg
 import pytest
@@ -142,6 +143,44 @@ def test_a_budget_refuses_calls_past_its_cap(conn, simulators):
     # a raised budget lets calls through again, from the next statement on
     conn.execute("UPDATE ml_pipeline.budgets SET requests_per_day = NULL")
     conn.execute("SELECT aws_comprehend.detect_sentiment('budget raised', 'en')")
+
+
+def per_row_calls(database: str, outcomes: list) -> None:
+    with psycopg.connect(database, autocommit=True) as session:
+        session.execute("SET azure_ai_sim.enable_batch_mode = off")  # a request per row
+        try:
+            session.execute(
+                "SELECT aws_comprehend.detect_sentiment('call ' || g, 'en')"
+                " FROM generate_series(1, 20) g"
+            )
+            outcomes.append("all done")
+        except psycopg.errors.ConfigurationLimitExceeded:
+            outcomes.append("refused")
+
+
+def test_concurrent_sessions_cannot_overdraw_a_budget(conn, database, simulators):
+    comprehend = simulators["comprehend"]
+    taken = conn.execute(
+        "SELECT coalesce(sum(requests), 0) FROM ml_pipeline.usage WHERE service = 'comprehend'"
+        " AND day = (now() AT TIME ZONE 'UTC')::date"
+    ).fetchone()[0]
+    conn.execute(
+        "INSERT INTO ml_pipeline.budgets (service, requests_per_day) VALUES ('comprehend', %s)",
+        (taken + 25,),
+    )
+    comprehend.latency_ms = 10
+    outcomes: list = []
+    sessions = [threading.Thread(target=per_row_calls, args=(database, outcomes)) for _ in range(3)]
+    try:
+        for session in sessions:
+            session.start()
+        for session in sessions:
+            session.join(60)
+    finally:
+        comprehend.latency_ms = 0
+    # 60 calls against a budget of 25: at most one session can have all of its 20
+    assert len(outcomes) == 3 and outcomes.count("all done") <= 1, outcomes
+    assert len(comprehend.recorded.snapshot()) == 25  # not one more than the budget
 
 
 def test_an_endpoint_budget_caps_rows(conn, simulators):
