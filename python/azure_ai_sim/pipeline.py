@@ -676,8 +676,7 @@ def _compute(
     import plpy
 
     source, key_columns = declaration["source"], declaration["key_columns"]
-    alias = _quote(_relation_name(source))
-    kinds = _key_kinds(source, key_columns)
+    alias, kinds = _quote(declaration["relation"]), declaration["key_kinds"]
     typed = ", ".join(
         f"(k ->> {i})::{kind}" for i, kind in enumerate(kinds)
     )  # the queue's JSON keys as the source's key types
@@ -777,8 +776,8 @@ def _store(declaration: dict, keys: list[str], values: list[str | None]) -> None
     source, key_columns = declaration["source"], declaration["key_columns"]
     table = declaration["sink"] or source
     target = _quote(declaration["target_column"])
-    kind = _column_kind(table, declaration["target_column"])
-    typed = [f"(r.key ->> {i})::{kind}" for i, kind in enumerate(_key_kinds(source, key_columns))]
+    kind = declaration["target_kind"]
+    typed = [f"(r.key ->> {i})::{kind}" for i, kind in enumerate(declaration["key_kinds"])]
     results = "unnest($1::jsonb[], $2::text[]) r(key, value)"
     if declaration["sink"]:
         names = ", ".join(map(_quote, key_columns))
@@ -972,11 +971,28 @@ def _lease(declaration: dict) -> dict:
     _unlock(name, taken[size:])
     taken = taken[:size]
     _held.setdefault(name, set()).update(taken)
+    if not taken:
+        return {"keys": [], "backfilled": backfilled}
+    source, table = declaration["source"], declaration["sink"] or declaration["source"]
+    pipeline = {
+        k: declaration[k]
+        for k in (
+            "name",
+            "source",
+            "key_columns",
+            "expression",
+            "search_path",
+            "target_column",
+            "sink",
+        )
+    }
     return {
         "keys": taken, "versions": [version[key] for key in taken], "backfilled": backfilled,
-        "pipeline": {k: declaration[k] for k in (
-            "name", "source", "key_columns", "expression", "search_path", "target_column",
-            "sink")},
+        "pipeline": {  # and what the worker would otherwise look up in the catalog per batch
+            **pipeline, "relation": _relation_name(source),
+            "key_kinds": _key_kinds(source, declaration["key_columns"]),
+            "target_kind": _column_kind(table, declaration["target_column"]),
+        },
     }  # fmt: skip
 
 
@@ -1004,6 +1020,8 @@ def _backfill(declaration: dict) -> int:
     kinds = _key_kinds(source, keys)
     columns = ", ".join(f"s.{_quote(k)}" for k in keys)
     after = ", ".join(f"($2::jsonb ->> {i})::{kind}" for i, kind in enumerate(kinds))
+    # a range of the primary key's index from the last position (no OR: an index scan)
+    start = f"WHERE ({columns}) > ({after})" if mine[0]["after"] else "WHERE $2::jsonb IS NULL"
     target = _quote(declaration["target_column"])
     if declaration["sink"]:
         pending = (
@@ -1015,8 +1033,7 @@ def _backfill(declaration: dict) -> int:
         pending = f"s.{target} IS NULL"
     row = _one(
         f"WITH next AS (SELECT {_key(keys, 's')} AS key, ({columns}) AS position,"
-        f" {pending} AS pending FROM {source} s"
-        f" WHERE $2::jsonb IS NULL OR ({columns}) > ({after})"
+        f" {pending} AS pending FROM {source} s {start}"
         f" ORDER BY {columns} LIMIT {BACKFILL_KEYS}),"
         f" queued AS (INSERT INTO ml_pipeline.queue (pipeline, key)"
         f" SELECT $1, key FROM next WHERE pending ON CONFLICT (pipeline, key) DO NOTHING"
@@ -1050,7 +1067,11 @@ def _done(declaration: dict, keys: list[str], versions: list[int]) -> list[str]:
         "INSERT INTO ml_pipeline.batches (pipeline, done, failed) VALUES ($1, $2, 0)",
         ("text", "integer"), (name, len(rows)),
     )  # fmt: skip
-    pg.execute("DELETE FROM ml_pipeline.batches WHERE finished < now() - interval '1 hour'")
+    pg.execute(
+        "DELETE FROM ml_pipeline.batches WHERE pipeline = $1"
+        " AND finished < now() - interval '1 hour'",
+        ("text",), (name,),
+    )  # fmt: skip
     return [row["key"] for row in rows]
 
 

@@ -3,7 +3,7 @@
 - a backfill of ROWS rows with local int8 embeddings (CALL ml_pipeline.run) against one
   create_embeddings(model, text[]) call over the same texts (target: 0.9x);
 - a backfill with Comprehend at 30 ms a request against the batch-mode SELECT over the
-  same rows (target: 0.8x);
+  same rows (target: 0.8x; medians of ROUNDS interleaved rounds);
 - in continuous mode, the time from an INSERT's commit to its row scored (p50, p99), the
   rows coming at random moments.
 
@@ -30,6 +30,7 @@ from conftest import INT8, point_aws_at
 ROWS = 20_000
 LATENCY_MS = 30
 INSERTS = 50
+ROUNDS = 3  # of the Comprehend backfill and its SELECT, medians taken
 RESULT = Path(__file__).resolve().parents[2] / "build" / "bench" / "pipeline_throughput.json"
 SENTIMENT = "(aws_comprehend.detect_sentiment(body, 'en')).sentiment"
 
@@ -98,12 +99,18 @@ def test_pipeline_throughput(bench_conn, database):
         "pipeline_to_array_form": pipeline / array_form, "target": 0.9,
     }  # fmt: skip
 
-    fresh_table(conn, ROWS)
-    select = ROWS / seconds(lambda: conn.execute(f"SELECT id, {SENTIMENT} FROM reviews").fetchall())
-    pipeline = backfill(conn, SENTIMENT)
+    selects, pipelines = [], []
+    for _ in range(ROUNDS):  # interleaved: the machine's noise hits both alike
+        fresh_table(conn, ROWS)
+        selects.append(ROWS / seconds(
+            lambda: conn.execute(f"SELECT id, {SENTIMENT} FROM reviews").fetchall()
+        ))  # fmt: skip
+        pipelines.append(backfill(conn, SENTIMENT))
+    select, pipeline = statistics.median(selects), statistics.median(pipelines)
     result["comprehend"] = {
         "pipeline_backfill_rows_per_s": pipeline, "batch_mode_select_rows_per_s": select,
         "pipeline_to_select": pipeline / select, "target": 0.8,
+        "rounds": [p / s for s, p in zip(selects, pipelines, strict=True)],
     }  # fmt: skip
 
     result["continuous"] = continuous_latency(conn, database)
