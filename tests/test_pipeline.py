@@ -288,6 +288,44 @@ def test_three_workers_share_the_queue_and_write_each_row_once(conn, database, c
     assert comprehend.counts()["max_in_flight"] > 1  # the workers' requests overlapped
 
 
+def test_a_backfill_with_changes_coming_and_two_workers_writes_each_row_once(
+    conn, database, comprehend
+):
+    conn.execute("INSERT INTO reviews SELECT g, 'review ' || g, 5 FROM generate_series(1, 2000) g")
+    declare(conn, batch_size=100)
+    conn.execute(COUNT_WRITES)
+    comprehend.latency_ms = 20
+    changer = threading.Thread(target=lambda: change_while_working(database))
+    try:
+        changer.start()
+        workers(database, 2)
+        changer.join(60)
+        workers(database, 1)  # what the last changes queued
+    finally:
+        comprehend.latency_ms = 0
+    # once, or twice for a row changed after the backfill computed it
+    rows = conn.execute(
+        "SELECT count(*) FILTER (WHERE sentiment IS NULL), min(writes), max(writes),"
+        " max(writes) FILTER (WHERE body NOT LIKE 'changed%%') FROM reviews"
+    ).fetchone()
+    assert rows[:2] == (0, 1) and rows[2] <= 2 and rows[3] == 1, rows
+    assert status(conn)["pending"] == 0 and status(conn)["backfill_done"]
+    # each changed row has the result of its new text
+    changed = conn.execute("SELECT DISTINCT sentiment FROM reviews WHERE body LIKE 'changed%%'")
+    assert changed.fetchall() == [(expected(conn, ["changed: This is terrible."])[0],)]
+
+
+def change_while_working(database: str) -> None:
+    with psycopg.connect(database, autocommit=True) as writer:
+        for start in range(1, 2000, 200):
+            writer.execute(
+                "UPDATE reviews SET body = 'changed: This is terrible.'"
+                " WHERE id BETWEEN %s AND %s",
+                (start, start + 9),
+            )
+            time.sleep(0.05)
+
+
 # The test cluster runs with synchronous_commit off, which may lose the last commits in a
 # crash: these sessions commit as a production server does.
 DURABLE = "-c synchronous_commit=on"
@@ -335,8 +373,11 @@ def test_a_worker_killed_mid_batch_loses_nothing(conn, database, server, compreh
         except psycopg.OperationalError:
             time.sleep(0.05)
     with psycopg.connect(database, autocommit=True) as after:
-        assert after.execute("SELECT count(*) FROM ml_pipeline.queue").fetchone()[0] > 0
+        # the batch died with its transaction: no result, and the backfill did not move on
         assert after.execute("SELECT max(writes) FROM reviews").fetchone()[0] == 0
+        assert after.execute(
+            "SELECT backfill_after, backfill_done FROM ml_pipeline.pipelines"
+        ).fetchone() == (None, False)
         after.execute("CALL ml_pipeline.run()")
         unscored, fewest, most = after.execute(
             "SELECT count(*) FILTER (WHERE sentiment IS NULL), min(writes), max(writes)"

@@ -5,8 +5,10 @@ service isn't invoked more than once") but without a hand-written job.
 - Change capture: statement triggers with transition tables queue the keys of rows whose
   input columns changed (one queue row per key, its version counting the changes), and
   drop those of deleted rows. An UPDATE of other columns queues nothing.
-- Backfill: a worker queues the existing rows that have no result, 10,000 keys at a time,
-  a transaction each, from where the last one stopped.
+- Backfill: the existing rows without a result are computed in key order, a batch at a
+  time, without queue rows: one worker at a time holds the declaration's row while its
+  batch runs, and commits the results with the new position (a batch that fails or dies
+  is done again). A row that fails goes to the queue, for its retries.
 - Work: a batch of queued keys, taken with session advisory locks (a worker that dies
   lets go of them; none blocks a writer of the source), is computed in one query, so that
   batch mode sends it several requests at a time; the results are written and the keys
@@ -29,7 +31,6 @@ from typing import Any
 
 from azure_ai_sim import errors, pg
 
-BACKFILL_KEYS = 10_000
 IDLE_SECONDS = 0.1  # continuous mode: how often an empty queue is looked at again
 LEASE_PAGES = 10  # a worker looks this many batches deep for keys no other worker holds
 # SQLSTATEs worth another attempt: timeouts, throttling, the service's or the network's
@@ -630,22 +631,20 @@ class _Progress:
 
 
 def _step(name: str) -> int | None:
-    """One batch of a pipeline: queue some of the backfill, or compute a batch of queued
-    keys and write their results. How many rows were computed; None when there was
-    nothing to do."""
-    import plpy
-
+    """One batch of a pipeline, of the backfill or of queued keys: computed, and written
+    in the same transaction. How many rows were computed; None when there was nothing
+    to do."""
     lease = _claim(name, {"step": "lease"})
-    plpy.commit()  # the backfill's keys, for every worker to see
     if lease.get("paused"):
         return None
     keys: list[str] = lease["keys"]
-    if not keys:
-        return 0 if lease.get("backfilled") else None
+    backfill = lease.get("backfill")
+    if not keys and backfill is None:
+        return None
     declaration = lease["pipeline"]
     versions = dict(zip(keys, lease["versions"], strict=True))
-    results, failures, gone = _compute(declaration, keys)
-    _write(declaration, results, failures, gone, versions)
+    results, failures, gone = _compute(declaration, keys) if keys else ({}, {}, [])
+    _write(declaration, results, failures, gone, versions, backfill)
     return len(results)
 
 
@@ -741,15 +740,17 @@ def _key_kinds(source: str, keys: list[str]) -> list[str]:
 
 def _write(
     declaration: dict, results: dict[str, str | None], failures: dict[str, dict],
-    gone: list[str], versions: dict,
+    gone: list[str], versions: dict, backfill: dict | None,
 ) -> None:  # fmt: skip
-    """In one transaction: the keys still current leave the queue (the extension's
-    owner), and their results go to the target (the caller); failures are counted."""
+    """In one transaction: the keys still current leave the queue (or the backfill moves
+    on; the extension's owner), and their results go to the target (the caller);
+    failures are counted."""
     import plpy
 
     finished = [*results, *gone]
     done = _claim(declaration["name"], {
         "step": "done", "keys": finished, "versions": [versions[key] for key in finished],
+        "backfill": backfill,
     })["current"]  # fmt: skip
     present = [key for key in done if key in results]
     if present:
@@ -822,7 +823,9 @@ def claim(name: str | None, work_text: str) -> str:
     if step == "lease":
         return json.dumps(_lease(declaration))
     if step == "done":
-        return json.dumps({"current": _done(declaration, work["keys"], work["versions"])})
+        return json.dumps({
+            "current": _done(declaration, work["keys"], work["versions"], work["backfill"])
+        })  # fmt: skip
     if step == "failed":
         _failed(declaration, work["failures"])
         return "{}"
@@ -943,12 +946,16 @@ OWNER_STEPS = {
 
 
 def _lease(declaration: dict) -> dict:
-    """Some of the backfill, if it is not done; then a batch of due keys, each locked for
-    this session (pg_try_advisory_lock: others skip it; a dead worker lets go)."""
+    """A batch of the backfill, if it is not done and no other worker has it; otherwise a
+    batch of due queued keys. Each key is locked for this session (pg_try_advisory_lock:
+    others skip it; a dead worker lets go)."""
     name = declaration["name"]
     if declaration["paused"]:
         return {"paused": True, "keys": []}
-    backfilled = 0 if declaration["backfill_done"] else _backfill(declaration)
+    backfill = None if declaration["backfill_done"] else _backfill(declaration)
+    if backfill is not None:
+        taken, version = backfill["keys"], dict.fromkeys(backfill["keys"], 0)
+        return _leased(declaration, taken, version, backfill)
     size = declaration["batch_size"]
     taken: list[str] = []
     version: dict[str, int] = {}
@@ -969,10 +976,13 @@ def _lease(declaration: dict) -> dict:
         if len(taken) >= size or len(candidates) < size:
             break
     _unlock(name, taken[size:])
-    taken = taken[:size]
-    _held.setdefault(name, set()).update(taken)
-    if not taken:
-        return {"keys": [], "backfilled": backfilled}
+    return _leased(declaration, taken[:size], version, None)
+
+
+def _leased(declaration: dict, taken: list[str], version: dict, backfill: dict | None) -> dict:
+    _held.setdefault(declaration["name"], set()).update(taken)
+    if not taken and backfill is None:
+        return {"keys": []}
     source, table = declaration["source"], declaration["sink"] or declaration["source"]
     pipeline = {
         k: declaration[k]
@@ -987,7 +997,7 @@ def _lease(declaration: dict) -> dict:
         )
     }
     return {
-        "keys": taken, "versions": [version[key] for key in taken], "backfilled": backfilled,
+        "keys": taken, "versions": [version[key] for key in taken], "backfill": backfill,
         "pipeline": {  # and what the worker would otherwise look up in the catalog per batch
             **pipeline, "relation": _relation_name(source),
             "key_kinds": _key_kinds(source, declaration["key_columns"]),
@@ -1005,24 +1015,26 @@ def _unlock(name: str, keys: list[str]) -> None:
         )  # fmt: skip
 
 
-def _backfill(declaration: dict) -> int:
-    """Queues the next keys of existing rows without a result, from where the last call
-    stopped; one worker at a time (the declaration's row lock, skipped by the others)."""
+def _backfill(declaration: dict) -> dict | None:
+    """The next batch of the backfill: of the next batch_size rows of the source in key
+    order, those without a result and not queued (a change queued them: the queue does
+    them). One worker at a time holds the declaration's row until its batch commits,
+    with the new position: a batch that fails or dies is done again. None when another
+    worker has the backfill."""
     name = declaration["name"]
     mine = pg.execute(
-        "SELECT backfill_after::text AS after, backfill_done FROM ml_pipeline.pipelines"
-        " WHERE name = $1 FOR UPDATE SKIP LOCKED",
+        "SELECT backfill_after::text AS after FROM ml_pipeline.pipelines"
+        " WHERE name = $1 AND NOT backfill_done FOR NO KEY UPDATE SKIP LOCKED",
         ("text",), (name,),
     )  # fmt: skip
-    if not mine or mine[0]["backfill_done"]:
-        return 0
+    if not mine:
+        return None
     source, keys = declaration["source"], declaration["key_columns"]
     kinds = _key_kinds(source, keys)
     columns = ", ".join(f"s.{_quote(k)}" for k in keys)
     after = ", ".join(f"($2::jsonb ->> {i})::{kind}" for i, kind in enumerate(kinds))
     # a range of the primary key's index from the last position (no OR: an index scan)
     start = f"WHERE ({columns}) > ({after})" if mine[0]["after"] else "WHERE $2::jsonb IS NULL"
-    target = _quote(declaration["target_column"])
     if declaration["sink"]:
         pending = (
             f"NOT EXISTS (SELECT FROM {declaration['sink']} d WHERE "
@@ -1030,38 +1042,62 @@ def _backfill(declaration: dict) -> int:
             + ")"
         )
     else:
-        pending = f"s.{target} IS NULL"
-    row = _one(
-        f"WITH next AS (SELECT {_key(keys, 's')} AS key, ({columns}) AS position,"
-        f" {pending} AS pending FROM {source} s {start}"
-        f" ORDER BY {columns} LIMIT {BACKFILL_KEYS}),"
-        f" queued AS (INSERT INTO ml_pipeline.queue (pipeline, key)"
-        f" SELECT $1, key FROM next WHERE pending ON CONFLICT (pipeline, key) DO NOTHING"
-        f" RETURNING 1)"
-        f" SELECT (SELECT count(*) FROM queued) AS queued, (SELECT count(*) FROM next) AS seen,"
-        f" (SELECT key::text FROM next ORDER BY position DESC LIMIT 1) AS last",
-        name, mine[0]["after"], types=("text", "text"),
-    )  # fmt: skip
-    assert row is not None
-    pg.execute(
-        "UPDATE ml_pipeline.pipelines SET backfill_after = coalesce($2::jsonb, backfill_after),"
-        " backfill_done = $3, backfill_seen = backfill_seen + $4 WHERE name = $1",
-        ("text", "text", "boolean", "bigint"),
-        (name, row["last"], row["seen"] < BACKFILL_KEYS, row["seen"]),
-    )  # fmt: skip
-    return max(row["queued"], 1) if row["seen"] else 0
-
-
-def _done(declaration: dict, keys: list[str], versions: list[int]) -> list[str]:
-    """Drops from the queue the keys whose version is still the one computed; those
-    changed meanwhile stay, for another round. All are unlocked."""
-    name = declaration["name"]
+        pending = f"s.{_quote(declaration['target_column'])} IS NULL"
     rows = pg.execute(
-        "WITH done AS (DELETE FROM ml_pipeline.queue q USING unnest($2::text[], $3::bigint[])"
-        " d(key, version) WHERE q.pipeline = $1 AND q.key = d.key::jsonb"
-        " AND q.version = d.version RETURNING q.key::text AS key) SELECT key FROM done",
-        ("text", "text[]", "bigint[]"), (name, keys, versions),
+        f"WITH next AS (SELECT {_key(keys, 's')} AS key, {pending} AS pending FROM {source} s"
+        f" {start} ORDER BY {columns} LIMIT $3)"
+        " SELECT n.key::text AS key, n.pending AND NOT EXISTS (SELECT FROM ml_pipeline.queue q"
+        " WHERE q.pipeline = $1 AND q.key = n.key) AS wanted FROM next n",
+        ("text", "text", "integer"), (name, mine[0]["after"], declaration["batch_size"]),
     )  # fmt: skip
+    wanted = [row["key"] for row in rows if row["wanted"]]
+    locked = [row["key"] for row in pg.execute(
+        "SELECT key FROM unnest($2::text[]) WITH ORDINALITY c(key, n)"
+        " WHERE pg_try_advisory_lock(hashtext($1), hashtext(key)) ORDER BY n",
+        ("text", "text[]"), (name, wanted),
+    )]  # fmt: skip
+    if len(locked) < len(wanted):  # held by another worker, just now: the queue does them
+        pg.execute(
+            "INSERT INTO ml_pipeline.queue (pipeline, key) SELECT $1, key::jsonb"
+            " FROM unnest($2::text[]) key ON CONFLICT (pipeline, key) DO NOTHING",
+            ("text", "text[]"), (name, sorted(set(wanted) - set(locked))),
+        )  # fmt: skip
+    return {
+        "keys": locked, "seen": len(rows),
+        "to": rows[-1]["key"] if rows else None,
+        "done": len(rows) < declaration["batch_size"],
+    }  # fmt: skip
+
+
+def _done(
+    declaration: dict, keys: list[str], versions: list[int], backfill: dict | None
+) -> list[str]:
+    """The keys whose results are current: of a queued batch, those whose version is still
+    the one computed, which leave the queue (those changed meanwhile stay, for another
+    round); of a batch of the backfill, those a change has not queued meanwhile, and the
+    backfill moves on. All are unlocked."""
+    name = declaration["name"]
+    if backfill is None:
+        rows = pg.execute(
+            "WITH done AS (DELETE FROM ml_pipeline.queue q"
+            " USING unnest($2::text[], $3::bigint[]) d(key, version) WHERE q.pipeline = $1"
+            " AND q.key = d.key::jsonb AND q.version = d.version RETURNING q.key::text AS key)"
+            " SELECT key FROM done",
+            ("text", "text[]", "bigint[]"), (name, keys, versions),
+        )  # fmt: skip
+    else:
+        rows = pg.execute(
+            "SELECT d.key FROM unnest($2::text[]) d(key) WHERE NOT EXISTS (SELECT FROM"
+            " ml_pipeline.queue q WHERE q.pipeline = $1 AND q.key = d.key::jsonb)",
+            ("text", "text[]"), (name, keys),
+        )  # fmt: skip
+        pg.execute(
+            "UPDATE ml_pipeline.pipelines SET backfill_after = coalesce($2::jsonb,"
+            " backfill_after), backfill_done = $3, backfill_seen = backfill_seen + $4"
+            " WHERE name = $1",
+            ("text", "text", "boolean", "bigint"),
+            (name, backfill["to"], backfill["done"], backfill["seen"]),
+        )  # fmt: skip
     _unlock(name, keys)
     pg.execute(
         "INSERT INTO ml_pipeline.batches (pipeline, done, failed) VALUES ($1, $2, 0)",
@@ -1080,6 +1116,13 @@ def _failed(declaration: dict, failures: list[dict]) -> None:
     are spent: then a dead letter."""
     name = declaration["name"]
     for failure in failures:
+        if failure["version"] == 0:  # of the backfill: into the queue, unless a change is
+            queued = _one(
+                "INSERT INTO ml_pipeline.queue (pipeline, key) VALUES ($1, $2::jsonb)"
+                " ON CONFLICT (pipeline, key) DO NOTHING RETURNING version",
+                name, failure["key"], types=("text", "text"),
+            )  # fmt: skip
+            failure["version"] = queued["version"] if queued else -1
         row = _one(
             "UPDATE ml_pipeline.queue SET attempts = attempts + 1, last_error = $4::jsonb"
             " WHERE pipeline = $1 AND key = $2::jsonb AND version = $3 RETURNING attempts",
