@@ -4,10 +4,11 @@
  *
  * It is not transactional on purpose: a call that was made was made (and billed),
  * whatever becomes of the transaction that made it. pg.py feeds it through ctypes;
- * ml_pipeline.usage reads it. It is saved to pg_stat/azure_ai_sim_usage.stat when a
- * call of one of our SQL functions ends (usage_flush), at most every second while one
- * runs, and at shutdown, and read back when shared memory is made: it survives a
- * restart, and a crash loses only the calls of statements still running.
+ * ml_pipeline.usage reads it. A background worker of its own saves it to
+ * pg_stat/azure_ai_sim_usage.stat every second that it changed, and the postmaster at
+ * shutdown; it is read back when shared memory is made: it survives a restart, and a
+ * crash loses at most its last second. Backends never write the file (a rename per
+ * call cost azure_ml.score a tenth of its speed).
  *
  * Budget caps (ml_pipeline.budgets) are checked, and the request counted, under one
  * lock: two backends cannot both take a budget's last request.
@@ -22,7 +23,11 @@
 
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
 #include "storage/ipc.h"
+#include "storage/latch.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "utils/builtins.h"
@@ -36,7 +41,7 @@
 #define USAGE_TRANCHE "azure_ai_sim usage"
 #define SERVICE_LEN 32
 #define ENDPOINT_LEN 256
-#define SAVE_EVERY USECS_PER_SEC
+#define SAVE_EVERY_MS 1000
 
 /* usage_begin's answer besides 1 to 6, the cap that refused the request */
 #define USAGE_COUNTED 0
@@ -66,7 +71,6 @@ typedef struct UsageShared
 	LWLock	   *lock;
 	int			entries;
 	bool		changed;		/* since the last save */
-	TimestampTz saved;
 } UsageShared;
 
 extern PGDLLEXPORT int azure_ai_sim_usage_begin(const char *service, const char *endpoint,
@@ -75,7 +79,7 @@ extern PGDLLEXPORT int azure_ai_sim_usage_begin(const char *service, const char 
 extern PGDLLEXPORT void azure_ai_sim_usage_end(const char *service, const char *endpoint,
 											   bool failed, int64 bytes_received,
 											   int64 input_tokens, int64 output_tokens);
-extern PGDLLEXPORT void azure_ai_sim_usage_flush(void);
+extern PGDLLEXPORT void azure_ai_sim_usage_saver(Datum arg);
 extern void azure_ai_sim_usage_init(void);
 
 static UsageShared *usage = NULL;
@@ -93,7 +97,10 @@ usage_shmem_request(void)
 	RequestNamedLWLockTranche(USAGE_TRANCHE, 1);
 }
 
-/* Writes the ledger to a new file and renames it over the old one; the lock is held. */
+/*
+ * Writes the ledger to a new file and renames it over the old one; the lock is held, or
+ * every other process has exited.
+ */
 static void
 usage_save(void)
 {
@@ -112,10 +119,7 @@ usage_save(void)
 		written &= fwrite(entry, sizeof(UsageEntry), 1, file) == 1;
 	written &= fclose(file) == 0;
 	if (written && rename(temporary, USAGE_FILE) == 0)
-	{
 		usage->changed = false;
-		usage->saved = GetCurrentTimestamp();
-	}
 	else
 		unlink(temporary);
 }
@@ -150,15 +154,15 @@ usage_load(void)
 	fclose(file);
 }
 
-/* At the postmaster's exit, unless it crashed: shared memory may be damaged then. */
+/*
+ * At the postmaster's exit, unless it crashed: shared memory may be damaged then. No
+ * lock: every other process has exited (and the postmaster has no PGPROC to wait with).
+ */
 static void
 usage_save_at_exit(int code, Datum arg)
 {
-	if (code != 0 || usage == NULL)
-		return;
-	LWLockAcquire(usage->lock, LW_EXCLUSIVE);
-	usage_save();
-	LWLockRelease(usage->lock);
+	if (code == 0 && usage != NULL)
+		usage_save();
 }
 
 static void
@@ -176,7 +180,6 @@ usage_shmem_startup(void)
 		usage->lock = &(GetNamedLWLockTranche(USAGE_TRANCHE))->lock;
 		usage->entries = 0;
 		usage->changed = false;
-		usage->saved = 0;
 	}
 	info.keysize = sizeof(UsageKey);
 	info.entrysize = sizeof(UsageEntry);
@@ -189,15 +192,47 @@ usage_shmem_startup(void)
 		on_shmem_exit(usage_save_at_exit, (Datum) 0);
 }
 
+/* The background worker "azure_ai_sim usage saver": saves the ledger each second it changed */
+void
+azure_ai_sim_usage_saver(Datum arg)
+{
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	BackgroundWorkerUnblockSignals();
+	while (!ShutdownRequestPending)
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 SAVE_EVERY_MS, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		if (usage->changed)
+		{
+			LWLockAcquire(usage->lock, LW_EXCLUSIVE);
+			usage_save();
+			LWLockRelease(usage->lock);
+		}
+	}
+	proc_exit(0);
+}
+
 void
 azure_ai_sim_usage_init(void)
 {
+	BackgroundWorker worker = {0};
+
 	if (!process_shared_preload_libraries_in_progress)
 		return;
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = usage_shmem_request;
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = usage_shmem_startup;
+
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS;
+	worker.bgw_start_time = BgWorkerStart_PostmasterStart;
+	worker.bgw_restart_time = 10;	/* seconds */
+	strlcpy(worker.bgw_library_name, "azure_ai_sim", BGW_MAXLEN);
+	strlcpy(worker.bgw_function_name, "azure_ai_sim_usage_saver", BGW_MAXLEN);
+	strlcpy(worker.bgw_name, "azure_ai_sim usage saver", BGW_MAXLEN);
+	strlcpy(worker.bgw_type, "azure_ai_sim usage saver", BGW_MAXLEN);
+	RegisterBackgroundWorker(&worker);
 }
 
 /* Drops the entries of the oldest day before today; false if there are none. */
@@ -276,14 +311,6 @@ usage_refusal(const UsageEntry *entry, int64 rows, const int64 *caps)
 	return 0;
 }
 
-static void
-usage_changed(void)
-{
-	usage->changed = true;
-	if (GetCurrentTimestamp() - usage->saved >= SAVE_EVERY)
-		usage_save();
-}
-
 /*
  * Before an attempt of a request to the service's endpoint, carrying rows and
  * bytes_sent: counts it, unless a cap is reached. caps holds six values, the caps of
@@ -315,7 +342,7 @@ azure_ai_sim_usage_begin(const char *service, const char *endpoint, int64 rows,
 		usage_add(one, ROWS, rows);
 		usage_add(whole, BYTES_SENT, bytes_sent);
 		usage_add(one, BYTES_SENT, bytes_sent);
-		usage_changed();
+		usage->changed = true;
 	}
 	LWLockRelease(usage->lock);
 	return refusal == 0 ? USAGE_COUNTED : refusal;
@@ -340,19 +367,7 @@ azure_ai_sim_usage_end(const char *service, const char *endpoint, bool failed,
 		usage_add(entries[i], INPUT_TOKENS, input_tokens);
 		usage_add(entries[i], OUTPUT_TOKENS, output_tokens);
 	}
-	usage_changed();
-	LWLockRelease(usage->lock);
-}
-
-/* When a call of one of our functions ends: saves what it counted. */
-void
-azure_ai_sim_usage_flush(void)
-{
-	if (usage == NULL || !usage->changed)
-		return;
-	LWLockAcquire(usage->lock, LW_EXCLUSIVE);
-	if (usage->changed)
-		usage_save();
+	usage->changed = true;
 	LWLockRelease(usage->lock);
 }
 

@@ -100,9 +100,6 @@ class _Backend:
                 ctypes.c_char_p, ctypes.c_char_p, ctypes.c_bool, ctypes.c_int64,
                 ctypes.c_int64, ctypes.c_int64,
             ]  # fmt: skip
-            self.usage_flush = native.azure_ai_sim_usage_flush
-            self.usage_flush.restype = None
-            self.usage_flush.argtypes = []
         # The Python codec of the server's encoding, which PL/Python's messages are in
         # (SQL_ASCII: PL/Python's UTF-8 as it is); None if Python has none.
         encoding = (self.get_config_option(b"server_encoding", True, False) or b"").decode()
@@ -217,13 +214,6 @@ def usage_end(
     if backend is not None and backend.usage_begin is not None:
         backend.usage_end(service.encode(), endpoint.encode(), failed, bytes_received,
                           input_tokens, output_tokens)  # fmt: skip
-
-
-def usage_flush() -> None:
-    """Saves the ledger if it changed: when a call of one of our functions ends."""
-    backend = _backend  # none yet: this session made no call
-    if backend is not None and backend.usage_begin is not None:
-        backend.usage_flush()
 
 
 def setting(name: str) -> str | None:
@@ -390,8 +380,6 @@ def sql_function(name: str) -> Callable[[F], F]:
                     raise
                 internal = errors.Error(f"internal error: {type(bug).__name__}: {bug}")
                 raise sql_error(internal, name) from None
-            finally:
-                usage_flush()
 
         return entry_point  # type: ignore[return-value]
 
