@@ -116,6 +116,8 @@ SELECT name, total, done, pending, failed FROM ml_pipeline.status;
 CALL ml_pipeline.run();
 SELECT r.id, r.body, r.sentiment, array_length(e.embedding, 1) AS dimensions FROM reviews r JOIN review_embeddings e USING (id) ORDER BY r.id;
 SELECT name, total, done, pending, failed FROM ml_pipeline.status;
+-- Every remote call of the day, counted by service and endpoint (ml_pipeline.usage).
+SELECT service, endpoint, requests, failed, rows, bytes_sent, input_tokens + output_tokens AS tokens FROM ml_pipeline.usage WHERE day = (now() AT TIME ZONE 'UTC')::date ORDER BY service, endpoint;
 
 SELECT extname, extversion FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY extname;
 

@@ -38,6 +38,8 @@ def test_demo_runs_and_prints_results(server, database, azureml):
     assert re.search(r"^ review_vectors +\| +3 \| +1 \| +2 \| +0$", output, re.M)
     assert re.search(r"^ +2 \| They replaced it at once[^|]+\| POSITIVE +\| +384$", output, re.M)
     assert re.search(r"^ review_mood +\| +3 \| +3 \| +0 \| +0$", output, re.M)
+    # the ledger: the Comprehend requests of the pipeline among the day's calls
+    assert re.search(r"^ comprehend +\| http://[^|]+\| +\d+ \| +0 \| +\d+ \|", output, re.M)
     assert (
         'ERROR:  azure_ai.set_setting: invalid value for setting "azure_ml.scoring_endpoint": '
         "must be an http:// or https:// URL with a host" in output

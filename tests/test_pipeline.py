@@ -389,9 +389,10 @@ def test_a_worker_killed_mid_batch_loses_nothing(conn, database, server, compreh
 EMBEDDING = "azure_local_ai.create_embeddings('multilingual-e5-small:v1', body)"
 
 
-def test_embeddings_into_a_sink_table_follow_inserts_updates_and_deletes(conn):
+def embeddings_of_two_reviews(conn) -> None:
+    """The pipeline "vectors": embeddings of two reviews in the sink review_embeddings."""
     conn.execute("CREATE EXTENSION IF NOT EXISTS azure_local_ai CASCADE")
-    conn.execute("DROP TABLE IF EXISTS review_embeddings")
+    conn.execute("DROP TABLE IF EXISTS review_embeddings, review_embeddings__next")
     conn.execute("INSERT INTO reviews VALUES (1, %s, 5), (2, %s, 1)", TEXTS[:2])
     conn.execute(
         "SELECT ml_pipeline.create('vectors', 'reviews', %s, 'embedding',"
@@ -399,6 +400,10 @@ def test_embeddings_into_a_sink_table_follow_inserts_updates_and_deletes(conn):
         (EMBEDDING,),
     )
     conn.execute("CALL ml_pipeline.run()")
+
+
+def test_embeddings_into_a_sink_table_follow_inserts_updates_and_deletes(conn):
+    embeddings_of_two_reviews(conn)
 
     def sunk() -> dict:
         rows = conn.execute("SELECT id, embedding FROM review_embeddings ORDER BY id")
@@ -419,15 +424,7 @@ def test_embeddings_into_a_sink_table_follow_inserts_updates_and_deletes(conn):
 
 
 def test_a_sink_switches_to_another_model_with_the_indexes_of_its_new_table(conn):
-    conn.execute("CREATE EXTENSION IF NOT EXISTS azure_local_ai CASCADE")
-    conn.execute("DROP TABLE IF EXISTS review_embeddings, review_embeddings__next")
-    conn.execute("INSERT INTO reviews VALUES (1, %s, 5), (2, %s, 1)", TEXTS[:2])
-    conn.execute(
-        "SELECT ml_pipeline.create('vectors', 'reviews', %s, 'embedding',"
-        " sink => 'review_embeddings')",
-        (EMBEDDING,),
-    )
-    conn.execute("CALL ml_pipeline.run()")
+    embeddings_of_two_reviews(conn)
     queries = EMBEDDING.replace("body", "'query: ' || body")
     # the new table, made beforehand with an index of its own
     conn.execute("CREATE TABLE review_embeddings__next (LIKE review_embeddings INCLUDING ALL)")
