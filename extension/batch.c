@@ -77,6 +77,7 @@
 static bool enable_batch_mode = true;
 static int	batch_size = 0;
 static int	max_parallel_requests = 10;
+static bool exact_batches = true;	/* read by the batch forms, in Python */
 
 static planner_hook_type prev_planner = NULL;
 
@@ -1329,6 +1330,13 @@ azure_ai_sim_batch_init(void)
 							"The default is botocore's max_pool_connections.",
 							&max_parallel_requests, 10, 1, 64, PGC_USERSET, 0,
 							NULL, NULL, NULL);
+	DefineCustomBoolVariable("azure_ai_sim.exact_batches",
+							 "Gives each row of a batch the bytes of its own call.",
+							 "Off: an int8 embedding model embeds the texts of a batch "
+							 "together, as the array form does: faster, but a row's "
+							 "embedding may differ from its own call's in its last bits.",
+							 &exact_batches, true, PGC_USERSET, 0,
+							 NULL, NULL, NULL);
 	RegisterCustomScanMethods(&batch_scan_methods);
 	CacheRegisterSyscacheCallback(PROCOID, forget_batch_forms, (Datum) 0);
 	prev_planner = planner_hook;

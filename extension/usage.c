@@ -20,6 +20,7 @@
 #include "postgres.h"
 
 #include <stdio.h>
+#include <unistd.h>
 
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -117,6 +118,7 @@ usage_save(void)
 	hash_seq_init(&scan, usage_entries);
 	while ((entry = hash_seq_search(&scan)) != NULL)
 		written &= fwrite(entry, sizeof(UsageEntry), 1, file) == 1;
+	written &= fflush(file) == 0 && fsync(fileno(file)) == 0;	/* before the rename */
 	written &= fclose(file) == 0;
 	if (written && rename(temporary, USAGE_FILE) == 0)
 		usage->changed = false;
@@ -210,7 +212,7 @@ azure_ai_sim_usage_saver(Datum arg)
 			LWLockRelease(usage->lock);
 		}
 	}
-	proc_exit(0);
+	proc_exit(1);				/* restarted, if the server goes on (pg_terminate_backend) */
 }
 
 void

@@ -443,6 +443,11 @@ def test_a_sink_switches_to_another_model_with_the_indexes_of_its_new_table(conn
     ]
     conn.execute("DELETE FROM reviews WHERE id = 1")  # the sink follows, as before
     assert conn.execute("SELECT id FROM review_embeddings").fetchall() == [(2,)]
+    # without a table made beforehand, the switch makes it; cancelled, it goes
+    conn.execute("SELECT ml_pipeline.switch('vectors', %s)", (EMBEDDING,))
+    assert conn.execute("SELECT to_regclass('review_embeddings__next')").fetchone()[0]
+    conn.execute("SELECT ml_pipeline.cancel_switch('vectors')")
+    assert conn.execute("SELECT to_regclass('review_embeddings__next')").fetchone() == (None,)
 
 
 LOWER = f"lower({SENTIMENT})"  # "another model": its answers are told apart by their case

@@ -199,6 +199,22 @@ def test_an_endpoint_budget_caps_rows(conn, simulators):
     conn.execute(HOUSING)  # another endpoint is not capped
 
 
+def test_only_the_extensions_own_budgets_are_read(server, simulators):
+    """A table (or a view that calls its maker's function) named ml_pipeline.budgets in a
+    database without the extension is not read: it would run as every caller."""
+    with server.database("planted") as planted, psycopg.connect(planted, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION aws_ml CASCADE")
+        point_aws_at(conn, {"comprehend": simulators["comprehend"].url})
+        conn.execute("CREATE SCHEMA ml_pipeline")
+        conn.execute(
+            "CREATE TABLE ml_pipeline.budgets AS SELECT 'comprehend'::text AS service,"
+            " '*'::text AS endpoint, 0::bigint AS requests_per_day,"
+            " NULL::bigint AS rows_per_day, NULL::bigint AS tokens_per_day"
+        )
+        answer = conn.execute("SELECT aws_comprehend.detect_sentiment('fine', 'en')").fetchone()
+        assert answer[0] is not None
+
+
 def test_the_ledger_survives_a_restart(conn, database, server, simulators):
     if not isinstance(server, Cluster):
         pytest.skip("a restart needs the postmaster of the private cluster")

@@ -56,7 +56,9 @@ def create_embedding_batch(
     """create_embedding for many rows (the single-text create_embeddings in a query): the
     texts of each model in one call of the model, as the array form embeds them (its
     default batch_size, runs sorted by length), the models in the order of their first
-    row. Each row gets the bytes its own call gives (Model.embed_alike). The rows' checks
+    row. Each row gets the bytes its own call gives (Model.embed_alike), unless
+    azure_ai_sim.exact_batches is off: then the texts share runs as in the array form,
+    whatever the model (an int8 model's results then depend on the run). The rows' checks
     (timeout_ms, model_uri) run in row order: a failing row raises its own call's error
     once the rows before it are embedded. The deadline is the smallest timeout_ms of the
     rows, from the start of the batch."""
@@ -80,10 +82,12 @@ def create_embedding_batch(
         limits += [limit] if limit is not None else []
     deadline = transport.Deadline(min(limits)) if limits else None
     embeddings: list[Any] = [None] * len(texts)
+    exact = pg.setting(EXACT_SETTING) != "off"
     try:
         for model_uri, rows in by_model.items():
             model = _model(model_uri, deadline)
-            vectors = model.embed_alike([texts[row] for row in rows], BATCH_SIZE, deadline)
+            embed = model.embed_alike if exact else model.embed
+            vectors = embed([texts[row] for row in rows], BATCH_SIZE, deadline)
             for row, vector in zip(rows, vectors, strict=True):
                 embeddings[row] = vector.tobytes()
     finally:
@@ -96,6 +100,7 @@ def create_embedding_batch(
 
 # The array form's default batch_size (sql/), which the batch form embeds with as well.
 BATCH_SIZE = 128
+EXACT_SETTING = "azure_ai_sim.exact_batches"  # extension/batch.c
 
 
 @pg.sql_function("azure_local_ai.create_embeddings")

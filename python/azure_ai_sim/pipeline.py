@@ -364,25 +364,28 @@ def _schedule(name: str, schedule: str, required: bool = True) -> None:
         " coalesce(current_setting('cron.database_name', true), 'postgres') AS home"
     )  # fmt: skip
     assert cron is not None
-    if not cron["here"] and not required:
-        return
     if not cron["here"]:
         there = (
             f"SELECT cron.schedule_in_database({_literal(job)}, {_literal(schedule)},"
             f" {_literal(command)}, {_literal(cron['db'])})"
             if schedule else f"SELECT cron.unschedule({_literal(job)})"
         )  # fmt: skip
-        raise errors.Error(
-            f'ml_pipeline: pg_cron is not in this database but in "{cron["home"]}"'
-            " (cron.database_name)",
-            sqlstate="55000", hint=f"There, run: {there};",
-        )  # fmt: skip
+        where = f'pg_cron is not in this database but in "{cron["home"]}" (cron.database_name)'
+        if not required:
+            import plpy
+
+            plpy.notice(f"ml_pipeline: {where}: its job may remain", hint=f"There, run: {there};")
+            return
+        raise errors.Error(f"ml_pipeline: {where}", sqlstate="55000", hint=f"There, run: {there};")
     if schedule:
         pg.execute("SELECT cron.schedule($1, $2, $3)", ("text", "text", "text"),
                    (job, schedule, command))  # fmt: skip
     else:
-        pg.execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = $1", ("text",),
-                   (job,))  # fmt: skip
+        pg.execute(
+            "SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = $1"
+            " AND username = current_user AND database = current_database()",
+            ("text",), (job,),
+        )  # fmt: skip
 
 
 @pg.sql_function("ml_pipeline.pause")
@@ -419,8 +422,9 @@ def drop(name: str) -> None:
         _cancel_switch(name)
     if described["schedule"]:
         _schedule(name, "", required=False)
-    pg.execute("SELECT ml_pipeline_internal.unregister($1)", ("text",), (name,))
+    # the triggers first: DROP TRIGGER waits for the writers whose capture may still queue
     _triggers(name, row["source"], drop=True)
+    pg.execute("SELECT ml_pipeline_internal.unregister($1)", ("text",), (name,))
 
 
 @pg.sql_function("ml_pipeline.drop")
@@ -453,11 +457,8 @@ def switch(name: str | None, expression: str | None, auto_swap: bool | None) -> 
     target, sink = main["target_column"], None
     if main["sink"]:
         sink = _beside(main["sink"], NEXT)
-        if _one(
-            f"SELECT to_regclass($1) IS NOT NULL AND EXISTS (SELECT FROM {sink})" " AS filled",
-            sink,
-            types=("text",),
-        )["filled"]:  # type: ignore[index]
+        exists = _one("SELECT to_regclass($1) IS NOT NULL AS it", sink, types=("text",))
+        if exists["it"] and _one(f"SELECT EXISTS (SELECT FROM {sink}) AS filled")["filled"]:  # type: ignore[index]
             raise _error(f"{sink} exists and has rows: the shadow table must be new or empty")
     else:
         target += NEXT
@@ -498,7 +499,9 @@ def _swap(name: str) -> None:
     if not main["shadow"]:
         raise _error(f'"{name}" is not switching', "55000")
     shadow = _claim(main["shadow"], {"step": "describe"})
-    pg.lock_wait_limit(1.0)
+    # a second at most for each lock (the SET LOCAL ends with the transaction, or with
+    # ml_pipeline.swap, which has a SET clause); a wait past it is 55P03: another round
+    _run("SELECT pg_catalog.set_config('lock_timeout', '1s', true)")
     for table in filter(None, (main["source"], main["sink"], shadow["sink"])):
         try:
             _run(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
@@ -528,9 +531,12 @@ def cancel_switch(name: str) -> None:
 
 
 def _cancel_switch(name: str) -> None:
-    """As the caller: the shadow pipeline, its triggers and its column (or table) go."""
+    """As the caller: the shadow pipeline, its triggers (first, as drop does) and its
+    column (or table) go."""
+    main = _claim(name, {"step": "describe"})
+    if main["shadow"]:
+        _triggers(main["shadow"], main["source"], drop=True)
     shadow = _claim(name, {"step": "unshadow"})
-    _triggers(shadow["name"], shadow["source"], drop=True)
     if shadow["sink"]:
         _run(f"DROP TABLE {shadow['sink']}")
     else:
@@ -584,7 +590,7 @@ def _work(name: str | None, end: float | None, continuous: bool) -> None:
             listing = _claim(name, {"step": "names"})
             worked = False
             for each in listing["names"]:
-                computed = _step(each)
+                computed = _step_unless_gone(each)
                 if computed is not None:
                     worked = True
                     progress.add(each, computed)
@@ -628,6 +634,17 @@ class _Progress:
                 f" {left['left']:,} {'or so ' if left['estimated'] else ''}to go,"
                 f" {computed / seconds:,.0f} rows/s"
             )
+
+
+def _step_unless_gone(name: str) -> int | None:
+    """_step, unless the pipeline went since the round began (dropped, or a shadow
+    swapped in by another worker)."""
+    try:
+        return _step(name)
+    except errors.Error as gone:
+        if gone.sqlstate != "42704":
+            raise
+        return None
 
 
 def _step(name: str) -> int | None:
@@ -780,18 +797,22 @@ def _store(declaration: dict, keys: list[str], values: list[str | None]) -> None
     kind = declaration["target_kind"]
     typed = [f"(r.key ->> {i})::{kind}" for i, kind in enumerate(declaration["key_kinds"])]
     results = "unnest($1::jsonb[], $2::text[]) r(key, value)"
+    matches = " AND ".join(
+        f"s.{_quote(k)} = {value}" for k, value in zip(key_columns, typed, strict=True)
+    )
     if declaration["sink"]:
+        # Only for source rows still there, locked until we commit: a DELETE that came
+        # first leaves no sink row behind; one that comes later waits, then its trigger
+        # deletes the sink row.
         names = ", ".join(map(_quote, key_columns))
         pg.execute(
-            f"INSERT INTO {table} ({names}, {target})"
-            f" SELECT {', '.join(typed)}, r.value::{kind} FROM {results}"
+            f"WITH live AS (SELECT {', '.join(f's.{_quote(k)}' for k in key_columns)},"
+            f" r.value FROM {results} JOIN {source} s ON {matches} FOR KEY SHARE OF s)"
+            f" INSERT INTO {table} ({names}, {target}) SELECT {names}, value::{kind} FROM live"
             f" ON CONFLICT ({names}) DO UPDATE SET {target} = excluded.{target}",
             ("jsonb[]", "text[]"), (keys, values),
         )  # fmt: skip
         return
-    matches = " AND ".join(
-        f"s.{_quote(k)} = {value}" for k, value in zip(key_columns, typed, strict=True)
-    )
     pg.execute(
         f"UPDATE {table} s SET {target} = r.value::{kind} FROM {results} WHERE {matches}",
         ("jsonb[]", "text[]"), (keys, values),

@@ -302,7 +302,8 @@ def _with_attempts(
     if why_stopped:
         details.append(why_stopped)
     if retry_after is not None:
-        details.append(f"{errors.RETRY_AFTER} {retry_after:g} s")
+        seconds = f"{retry_after:.3f}".rstrip("0").rstrip(".")  # never 1e+06
+        details.append(f"{errors.RETRY_AFTER} {seconds} s")
     if failure.request_id:
         details.append(f"request id: {failure.request_id}")
     client_id = request.headers.get("x-ms-client-request-id")

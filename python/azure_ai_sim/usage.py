@@ -23,6 +23,13 @@ BUDGETS = (
     "SELECT service, endpoint, requests_per_day, rows_per_day, tokens_per_day"
     " FROM ml_pipeline.budgets"
 )
+OWN_BUDGETS = (
+    "SELECT EXISTS (SELECT FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e"
+    " ON e.oid = d.refobjid WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass"
+    " AND d.objid = pg_catalog.to_regclass('ml_pipeline.budgets')"
+    " AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass"
+    " AND d.deptype = 'e' AND e.extname = 'ml_pipeline') AS present"
+)
 CAPS = ("requests", "rows", "tokens")
 ENDPOINT_BYTES = 255  # extension/usage.c keeps this much of an endpoint's name
 SECONDS_PER_DAY = 86_400
@@ -32,8 +39,10 @@ USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*(\{[^{}]*\})')
 
 
 def _load_budgets() -> dict[tuple[str, str], tuple[int, int, int]]:
-    """The budgets of this database, by (service, endpoint); none without ml_pipeline."""
-    found = pg.execute("SELECT to_regclass('ml_pipeline.budgets') IS NOT NULL AS present")
+    """The budgets of this database, by (service, endpoint); none without ml_pipeline.
+    Only the extension's own table is read: a relation of that name made by anyone
+    else (a view calling their function, say) would run as every caller."""
+    found = pg.execute(OWN_BUDGETS)
     if not found[0]["present"]:
         return {}
     return {
