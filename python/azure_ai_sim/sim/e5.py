@@ -26,12 +26,17 @@ def default_model_dir() -> Path:
 
 
 class E5:
-    """multilingual-e5-small from the model cache, loaded by the first request that needs it."""
+    """multilingual-e5-small from the model cache, loaded by the first request that needs it.
+    exact: the fp32 model, each text embedded as if alone (a real service's embedding of a
+    text does not depend on the others of its request); else the int8 model, whose runs
+    share one quantization scale."""
 
-    MODEL, TOKENIZER = "model-int8.onnx", "sentencepiece.model"
+    MODEL, EXACT_MODEL, TOKENIZER = "model-int8.onnx", "model.onnx", "sentencepiece.model"
 
-    def __init__(self, model_dir: Path):
+    def __init__(self, model_dir: Path, exact: bool = False):
         self.model_dir = model_dir
+        self.exact = exact
+        self.model_file = self.EXACT_MODEL if exact else self.MODEL
         self._model: Any = None
         self._lock = threading.Lock()
 
@@ -41,7 +46,7 @@ class E5:
                 from azure_ai_sim import embeddings
 
                 missing = [
-                    name for name in (self.MODEL, self.TOKENIZER)
+                    name for name in (self.model_file, self.TOKENIZER)
                     if not (self.model_dir / name).is_file()
                 ]  # fmt: skip
                 if missing:
@@ -52,7 +57,7 @@ class E5:
                     )
                 threads = embeddings.Threads(min(2, os.cpu_count() or 1), 1, spinning=False)
                 self._model = embeddings.Model(
-                    str(self.model_dir / self.MODEL),
+                    str(self.model_dir / self.model_file),
                     str(self.model_dir / self.TOKENIZER),
                     threads,
                     E5_MAX_TOKENS,
@@ -69,4 +74,6 @@ class E5:
 
         from azure_ai_sim.embeddings import MAX_RUN_BATCH
 
-        return numpy.stack(self._loaded().embed(texts, MAX_RUN_BATCH))
+        model = self._loaded()
+        embed = model.embed_alike if self.exact else model.embed
+        return numpy.stack(embed(texts, MAX_RUN_BATCH))

@@ -62,7 +62,7 @@ class OpenAISimulator(Simulator):
         super().__init__(host, port, request_timeout_ms=request_timeout_ms, latency_ms=latency_ms)
         self.keys = tuple(keys) or (DEFAULT_KEY,)
         self.open_v1 = open_v1
-        self.e5 = E5(Path(model_dir) if model_dir else default_model_dir())
+        self.e5 = E5(Path(model_dir) if model_dir else default_model_dir(), exact=True)
         self.identity = managed_identity.ManagedIdentity(identity_header)
 
     @classmethod
