@@ -37,6 +37,21 @@ AS $$
                                           retry_delay_ms)
 $$;
 
+-- The batch form of the single-text core: the batching node calls it with the rows of
+-- a query, whose texts then share requests (extension/batch.c).
+CREATE FUNCTION azure_ai_internal.openai_embedding_batch(
+    deployment_name text[], input text[], dimensions integer[], timeout_ms integer[],
+    throw_on_error boolean[], max_attempts integer[], retry_delay_ms integer[]
+) RETURNS bytea[]
+    LANGUAGE azure_ai_plpython VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    #BOOT
+    from azure_ai_sim import azure_openai
+    return azure_openai.create_embedding_batch(deployment_name, input, dimensions, timeout_ms,
+                                               throw_on_error, max_attempts, retry_delay_ms)
+$$;
+
 -- As Azure documents them; inlinable SQL, so that batch mode finds the core inside.
 CREATE FUNCTION azure_openai.create_embeddings(
     deployment_name text,
@@ -78,6 +93,9 @@ COMMENT ON FUNCTION azure_ai_internal.float4_array(bytea) IS 'real[] from float3
 COMMENT ON FUNCTION azure_ai_internal.openai_embedding(
     text, text, integer, integer, boolean, integer, integer
 ) IS 'The core of azure_openai.create_embeddings(text, text, ...)';
+COMMENT ON FUNCTION azure_ai_internal.openai_embedding_batch(
+    text[], text[], integer[], integer[], boolean[], integer[], integer[]
+) IS 'The batch form of azure_ai_internal.openai_embedding';
 COMMENT ON FUNCTION azure_ai_internal.openai_embeddings(
     text, text[], integer, integer, integer, boolean, integer, integer
 ) IS 'The core of azure_openai.create_embeddings(text, text[], ...)';

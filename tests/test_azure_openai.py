@@ -3,6 +3,8 @@ Azure's documented calls, both wire forms, batches, dimensions, throw_on_error, 
 
 from __future__ import annotations
 
+import json
+
 import psycopg
 import pytest
 
@@ -117,3 +119,21 @@ def test_the_ledger_counts_its_tokens(conn, openai):
     conn.execute("SELECT azure_openai.create_embeddings('counted', %s::text[])", (TEXTS,))
     after = conn.execute(ledger).fetchone()
     assert after[0] - before[0] == 1 and after[1] - before[1] > 0
+
+
+def test_per_row_calls_in_a_query_share_requests_and_give_each_rows_own_result(conn, openai):
+    conn.execute("DROP TABLE IF EXISTS notes")
+    conn.execute("CREATE TABLE notes AS SELECT g AS id, 'note ' || g AS body"
+                 " FROM generate_series(1, 250) g")  # fmt: skip
+    conn.execute("SET azure_ai_sim.enable_batch_mode = on")
+    batched = conn.execute(
+        "SELECT id, azure_openai.create_embeddings('emb', body) FROM notes ORDER BY id"
+    ).fetchall()
+    bodies = [r["body"] for r in openai.recorded.snapshot()]
+    assert sorted(len(json.loads(body)["input"]) for body in bodies) == [50, 100, 100]
+    conn.execute("SET azure_ai_sim.enable_batch_mode = off")
+    alone = conn.execute(
+        "SELECT id, azure_openai.create_embeddings('emb', body) FROM notes"
+        " WHERE id IN (1, 250) ORDER BY id"
+    ).fetchall()
+    assert [batched[0], batched[-1]] == alone

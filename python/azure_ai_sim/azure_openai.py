@@ -11,6 +11,7 @@ their inputs by index, and returned as float32 bytes (the SQL turns them into re
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from dataclasses import dataclass
@@ -175,3 +176,62 @@ def _embeddings(response: transport.Response, count: int) -> list[bytes]:
             f"{redaction.excerpt(response.body, 100)!r}",
             request_id=response.request_id,
         ) from None
+
+
+BATCH_INPUTS = 100  # texts per request of a batch of rows, as the array form's default
+
+
+@pg.sql_function("azure_openai.create_embeddings")
+def create_embedding_batch(
+    deployment_name: list[str | None], text: list[str | None], dimensions: list[int | None],
+    timeout_ms: list[int | None], throw_on_error: list[bool | None],
+    max_attempts: list[int | None], retry_delay_ms: list[int | None],
+) -> list[bytes | None]:  # fmt: skip
+    """create_embeddings(text) for many rows: the texts of the rows that share a deployment,
+    dimensions and timing go in requests of up to BATCH_INPUTS, several at once. Each row
+    gets what its own call would (a service embeds each text of a request on its own); a
+    row with throw_on_error false whose request failed is NULL with a WARNING."""
+    batch = aws.RowBatch(
+        deployment_name, text, dimensions, timeout_ms, throw_on_error, max_attempts,
+        retry_delay_ms,
+    )  # fmt: skip
+
+    def check(
+        deployment: str | None, row_text: str | None, row_dimensions: int | None,
+        timeout: int | None, attempts: int | None, delay: int | None,
+    ) -> tuple | None:  # fmt: skip
+        name = _checked(deployment, row_dimensions)
+        return None if row_text is None else (name, row_dimensions, timeout, attempts, delay)
+
+    keys = batch.prepare(
+        check, deployment_name, text, dimensions, timeout_ms, max_attempts, retry_delay_ms
+    )
+    groups: dict[tuple, list[int]] = {}
+    for row, key in keys.items():
+        groups.setdefault(key, []).append(row)
+
+    def finish(rows: list[int], response: transport.Response) -> None:
+        for row, vector in zip(rows, _embeddings(response, len(rows)), strict=True):
+            batch.results[row] = vector
+
+    targets: dict[tuple, _Target | errors.Error] = {}
+    for (name, row_dimensions, *timing), rows in groups.items():
+        if tuple(timing) not in targets:
+            try:
+                targets[tuple(timing)] = _target(*timing)
+            except errors.Error as failure:
+                targets[tuple(timing)] = failure
+        target = targets[tuple(timing)]
+        if isinstance(target, errors.Error):
+            batch.failed(rows[:1], target, throw_on_error)
+            continue
+        for start in range(0, len(rows), BATCH_INPUTS):
+            chunk = rows[start : start + BATCH_INPUTS]
+            request = target.request(name, [text[row] for row in chunk], row_dimensions)  # type: ignore[misc]
+            exchange = aws.Exchange(chunk[0], request, target.timing,
+                                    functools.partial(finish, chunk))  # fmt: skip
+            exchange.failed = functools.partial(batch.failed, chunk, throw_on_error=throw_on_error)
+            batch.add(exchange)
+    batch.run()
+    batch.warn("azure_openai.create_embeddings")
+    return batch.outcome()
