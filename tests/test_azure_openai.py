@@ -92,6 +92,16 @@ def test_dimensions_and_the_openai_wire(conn, openai):
     assert '"model": "text-embedding-3-small"' in request["body"]
 
 
+def test_a_retry_waits_for_retry_after_ms(conn, openai):
+    openai.faults.extend([Fault(status=429, headers={"retry-after-ms": "600"})])
+    conn.execute(
+        "SELECT azure_openai.create_embeddings('emb', 'text', max_attempts => 2,"
+        " retry_delay_ms => 1)"
+    )
+    first, again = (r["received"] for r in openai.recorded.snapshot())
+    assert again - first >= 0.6  # the simulator's clock: what it asked for, not 1 ms
+
+
 def test_throw_on_error_and_retries(conn, openai):
     openai.faults.extend([Fault(status=429, headers={"retry-after-ms": "10"})])
     (retried,) = conn.execute(
