@@ -88,6 +88,7 @@ static const struct
 	const char *internal;
 }			batch_schemas[] = {
 	{"azure_ml", "azure_ai_internal"},
+	{"azure_ai_internal", "azure_ai_internal"},
 	{"azure_local_ai_internal", "azure_local_ai_internal"},
 	{"aws_comprehend", "aws_ml_internal"},
 	{"aws_sagemaker", "aws_ml_internal"},

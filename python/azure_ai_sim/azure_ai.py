@@ -22,6 +22,8 @@ SETTINGS = SettingsTable(
         "azure_openai.endpoint": http_url,
         "azure_openai.subscription_key": secret,
         "azure_openai.auth_type": AUTH_TYPE,
+        # 'openai': the endpoint speaks OpenAI's API (OpenAI, Ollama, vLLM, llama.cpp)
+        "azure_openai.api_type": one_of("azure", "openai"),
         "azure_cognitive.endpoint": http_url,
         "azure_cognitive.subscription_key": secret,
         "azure_cognitive.auth_type": AUTH_TYPE,

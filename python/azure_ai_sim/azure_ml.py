@@ -90,8 +90,8 @@ def _call(
     if input_data is None:
         return None
     timing = aws.Timing(
-        max_attempts=_at_least("max_attempts", max_attempts, 1, default=1),
-        delay_seconds=_at_least("retry_delay_ms", retry_delay_ms, 0, default=1000) / 1000,
+        max_attempts=at_least("max_attempts", max_attempts, 1, default=1),
+        delay_seconds=at_least("retry_delay_ms", retry_delay_ms, 0, default=1000) / 1000,
         # NULL: until statement_timeout, or Azure ML's own longest request timeout
         seconds=transport.timeout_seconds(timeout_ms),
         default_seconds=DEFAULT_TIMEOUT_MS / 1000,
@@ -205,7 +205,7 @@ def _not_in_jsonb(constant: str) -> None:
     raise ValueError(f"{constant} is not JSON")
 
 
-def _at_least(name: str, value: int | None, minimum: int, *, default: int) -> int:
+def at_least(name: str, value: int | None, minimum: int, *, default: int) -> int:
     if value is None:
         return default
     if value < minimum:

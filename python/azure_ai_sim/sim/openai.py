@@ -1,0 +1,226 @@
+"""Simulator of Azure OpenAI and of an OpenAI-compatible server (OpenAI, Ollama, vLLM,
+llama.cpp, Text Embeddings Inference all speak it), with real embeddings.
+
+    POST /openai/deployments/<deployment>/embeddings?api-version=<v>   Azure OpenAI: the
+         header api-key, or Authorization: Bearer <a managed-identity token for
+         https://cognitiveservices.azure.com>
+    POST /v1/embeddings                                                 OpenAI: {"model"};
+         Authorization: Bearer <key> when the simulator has keys for it
+
+Both take {"input": text or [texts], "dimensions": n, "encoding_format": "float" or
+"base64" (float32 little-endian, as the openai client asks by default)} and answer
+{"object": "list", "data": [{"object": "embedding", "index", "embedding"}], "model",
+"usage": {"prompt_tokens", "total_tokens"}}, with OpenAI's limits: 2,048 inputs a request,
+8,192 tokens an input (400 otherwise, worded as OpenAI words them).
+
+The embeddings are real but they are not OpenAI's: they are the project's multilingual-e5-
+small (384 dimensions), and the response's "model" says so. "dimensions" below 384 keeps
+the first ones and renormalises, as text-embedding-3 does; above, it is a 400.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import re
+import threading
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from azure_ai_sim.sim import managed_identity
+from azure_ai_sim.sim.e5 import E5, E5_DIMENSIONS, ModelMissing, default_model_dir
+from azure_ai_sim.sim.server import Endpoint, HTTPError, Request, Response, Simulator
+
+DEFAULT_KEY = "sim-openai-key"
+COGNITIVE_SERVICES = "https://cognitiveservices.azure.com"
+AZURE_EMBEDDINGS = re.compile(r"/openai/deployments/([^/]+)/embeddings")
+MAX_INPUTS = 2048
+MAX_INPUT_TOKENS = 8192
+MODEL_LABEL = "multilingual-e5-small (azure_ai_sim simulator)"
+CACHED_EMBEDDINGS = 100_000
+
+
+class OpenAISimulator(Simulator):
+    """Azure OpenAI's and OpenAI's embeddings; keys (api-key, or Bearer for /v1) and
+    managed-identity tokens are checked; `open_v1` serves /v1 without a key, as a local
+    server does."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        keys: Iterable[str] = (DEFAULT_KEY,),
+        open_v1: bool = False,
+        model_dir: str | Path | None = None,
+        identity_header: str = managed_identity.DEFAULT_HEADER_SECRET,
+        request_timeout_ms: int | None = None,
+        latency_ms: float = 0,
+    ):
+        super().__init__(host, port, request_timeout_ms=request_timeout_ms, latency_ms=latency_ms)
+        self.keys = tuple(keys) or (DEFAULT_KEY,)
+        self.open_v1 = open_v1
+        self.e5 = E5(Path(model_dir) if model_dir else default_model_dir(), exact=True)
+        self.identity = managed_identity.ManagedIdentity(identity_header)
+        self._cache: dict[str, Any] = {}
+        self._cache_lock = threading.Lock()
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        super().add_arguments(parser)
+        parser.add_argument("--key", action="append", help=f"a key it accepts ({DEFAULT_KEY})")
+        parser.add_argument(
+            "--open-v1", action="store_true", help="serve /v1 without a key, as Ollama does"
+        )
+        parser.add_argument("--model-dir", help="multilingual-e5-small's files (default: the "
+                            f"model cache, {default_model_dir()})")  # fmt: skip
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Simulator:
+        return cls(
+            args.host, args.port, keys=args.key or (DEFAULT_KEY,), open_v1=args.open_v1,
+            model_dir=args.model_dir, request_timeout_ms=args.request_timeout_ms,
+            latency_ms=args.latency_ms,
+        )  # fmt: skip
+
+    def error_response(
+        self, status: int, message: str, headers: dict[str, str] | None = None
+    ) -> Response:
+        """OpenAI's (and Azure OpenAI's) error format."""
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        body = {"error": {"message": message, "type": kind, "param": None, "code": str(status)}}
+        return Response(status, json.dumps(body).encode(), {"content-type": "application/json",
+                                                            **(headers or {})})  # fmt: skip
+
+    def route(self, request: Request) -> Endpoint | None:
+        if request.method == "GET" and request.path == managed_identity.PATH:
+            return Endpoint(self.identity.issue, recorded=True)
+        if request.method != "POST":
+            return None
+        headers = {"x-request-id": str(uuid.uuid4())}
+        azure = AZURE_EMBEDDINGS.fullmatch(request.path)
+        if azure is not None:
+            deployment = unquote(azure[1])
+
+            def azure_embeddings(request: Request) -> Response:
+                self._azure_credentials(request)
+                if not request.query.get("api-version"):
+                    raise HTTPError(404, "Resource not found")  # as Azure answers it
+                return self._embeddings(request, deployment)
+
+            return Endpoint(azure_embeddings, faulty=True, recorded=True, headers=headers)
+        if request.path == "/v1/embeddings":
+
+            def v1_embeddings(request: Request) -> Response:
+                self._bearer_key(request)
+                return self._embeddings(request, None)
+
+            return Endpoint(v1_embeddings, faulty=True, recorded=True, headers=headers)
+        return None
+
+    def _azure_credentials(self, request: Request) -> None:
+        key = request.headers.get("api-key")
+        if key is not None:
+            if not any([managed_identity.same_secret(key, k) for k in self.keys]):
+                raise HTTPError(401, "Access denied due to invalid subscription key or wrong "
+                                     "API endpoint.")  # fmt: skip
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not self.identity.accepts(token.strip(),
+                                                                   COGNITIVE_SERVICES):  # fmt: skip
+            raise HTTPError(401, "Access denied due to missing or invalid credentials.")
+
+    def _embed(self, texts: list[str]) -> Any:
+        with self._cache_lock:
+            return _cached(self.e5, self._cache, texts)
+
+    def _bearer_key(self, request: Request) -> None:
+        if self.open_v1:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not any(
+            [managed_identity.same_secret(token.strip(), k) for k in self.keys]
+        ):
+            raise HTTPError(401, "Incorrect API key provided.")
+
+    def _embeddings(self, request: Request, deployment: str | None) -> Response:
+        try:
+            payload = json.loads(request.body)
+        except ValueError:
+            raise HTTPError(400, "We could not parse the JSON body of your request.") from None
+        if not isinstance(payload, dict):
+            raise HTTPError(400, "The request body must be a JSON object.")
+        if deployment is None:
+            model = payload.get("model")
+            if not isinstance(model, str) or not model:
+                raise HTTPError(400, "you must provide a model parameter")
+        texts = _inputs(payload.get("input"))
+        dimensions = payload.get("dimensions", E5_DIMENSIONS)
+        if type(dimensions) is not int or not 1 <= dimensions <= E5_DIMENSIONS:
+            raise HTTPError(400, f"Invalid value for 'dimensions': {dimensions!r}; this model "
+                                 f"supports 1 to {E5_DIMENSIONS}.")  # fmt: skip
+        encoding = payload.get("encoding_format", "float")
+        if encoding not in ("float", "base64"):
+            raise HTTPError(400, f"Invalid value for 'encoding_format': {encoding!r}; supported"
+                                 " values are 'float' and 'base64'.")  # fmt: skip
+        try:
+            tokens = self.e5.token_counts(texts)
+            too_long = [i for i, count in enumerate(tokens) if count > MAX_INPUT_TOKENS]
+            if too_long:
+                raise HTTPError(400, f"This model's maximum context length is {MAX_INPUT_TOKENS}"
+                                     f" tokens, however input {too_long[0]} has"
+                                     f" {tokens[too_long[0]]} tokens.")  # fmt: skip
+            vectors = self._embed(texts)
+        except ModelMissing as missing:
+            raise HTTPError(500, str(missing)) from None
+        vectors = vectors[:, :dimensions]
+        vectors = vectors / ((vectors**2).sum(axis=1, keepdims=True) ** 0.5)
+        if encoding == "base64":  # float32, little-endian, as OpenAI sends them
+            encoded: list[Any] = [
+                base64.b64encode(vector.astype("<f4").tobytes()).decode() for vector in vectors
+            ]
+        else:
+            encoded = vectors.round(7).tolist()
+        body = {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": vector}
+                for i, vector in enumerate(encoded)
+            ],
+            "model": MODEL_LABEL,
+            "usage": {"prompt_tokens": sum(tokens), "total_tokens": sum(tokens)},
+        }
+        return Response(200, json.dumps(body, separators=(",", ":")).encode(),
+                        {"content-type": "application/json"})  # fmt: skip
+
+
+def _cached(e5: E5, cache: dict[str, Any], texts: list[str]) -> Any:
+    """e5's embeddings of the texts, each computed once: a benchmark sends the same texts
+    round after round, and should measure its client, not the simulator's model."""
+    import numpy
+
+    missing = list(dict.fromkeys(text for text in texts if text not in cache))
+    if missing:
+        if len(cache) + len(missing) > CACHED_EMBEDDINGS:
+            cache.clear()
+        cache.update(zip(missing, e5.embed([f"query: {text}" for text in missing]), strict=True))
+    return numpy.stack([cache[text] for text in texts])
+
+
+def _inputs(value: Any) -> list[str]:
+    """The texts of "input": one string, or a list of 1 to 2,048 non-empty strings."""
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not texts:
+        raise HTTPError(400, "'input' must be a string or a non-empty array of strings.")
+    if len(texts) > MAX_INPUTS:
+        raise HTTPError(400, f"Too many inputs: {len(texts)}; at most {MAX_INPUTS} a request.")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text:
+            raise HTTPError(400, f"'input[{i}]' must be a non-empty string.")
+    return texts

@@ -1,0 +1,149 @@
+"""azure_openai.create_embeddings against the Azure OpenAI / OpenAI-compatible simulator:
+Azure's documented calls, both wire forms, batches, dimensions, throw_on_error, the ledger."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+
+from azure_ai_sim.sim import Fault, OpenAISimulator
+from azure_ai_sim.sim.openai import DEFAULT_KEY
+
+TEXTS = ["The cat sat on the mat.", "A cat was sitting on a mat.", "Stock markets fell today."]
+
+
+@pytest.fixture(scope="module")
+def openai():
+    with OpenAISimulator() as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def conn(database, openai):
+    openai.faults.clear()
+    openai.recorded.clear()
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS azure_ai")
+        for key, value in (("azure_openai.endpoint", openai.url),
+                           ("azure_openai.subscription_key", DEFAULT_KEY),
+                           ("azure_openai.api_type", "azure")):  # fmt: skip
+            conn.execute("SELECT azure_ai.set_setting(%s, %s)", (key, value))
+        yield conn
+
+
+def test_azures_documented_calls(conn, openai):
+    conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    (embedding,) = conn.execute(
+        "SELECT azure_openai.create_embeddings('text-embedding-ada-002', 'text')"
+    ).fetchone()
+    assert len(embedding) == 384 and abs(sum(v * v for v in embedding) - 1) < 1e-4
+    (again,) = conn.execute(
+        "SELECT azure_openai.create_embeddings('text-embedding-ada-002', 'text',"
+        " throw_on_error => false, max_attempts => 3, retry_delay_ms => 2000)"
+    ).fetchone()
+    assert again == embedding
+    (request,) = openai.recorded.snapshot()[:1]
+    assert request["path"] == "/openai/deployments/text-embedding-ada-002/embeddings"
+    assert request["headers"]["api-key"] == DEFAULT_KEY
+    # a vector column filled without a cast, and queried with ::vector, as Azure's examples
+    conn.execute("DROP TABLE IF EXISTS sessions")
+    conn.execute("CREATE TABLE sessions (id int PRIMARY KEY, abstract text, e vector(384))")
+    conn.execute(
+        "INSERT INTO sessions SELECT g, (%s::text[])[g] FROM generate_series(1, 3) g", (TEXTS,)
+    )
+    conn.execute("UPDATE sessions SET e = azure_openai.create_embeddings('emb', abstract)")
+    nearest = conn.execute(
+        "SELECT id FROM sessions ORDER BY e <=> azure_openai.create_embeddings('emb',"
+        " 'a kitten on a rug')::vector LIMIT 1"
+    ).fetchone()
+    assert nearest in ((1,), (2,))
+
+
+def test_the_array_form_keeps_input_order_in_batches_sent_together(conn, openai):
+    texts = [f"text number {i}" for i in range(25)]
+    rows = conn.execute(
+        "SELECT embedding FROM azure_openai.create_embeddings('emb', %s::text[], batch_size => 10)",
+        (texts,),
+    ).fetchall()
+    singles = [
+        conn.execute("SELECT azure_openai.create_embeddings('emb', %s)", (t,)).fetchone()[0]
+        for t in (texts[0], texts[24])
+    ]
+    assert len(rows) == 25 and rows[0][0] == singles[0] and rows[24][0] == singles[1]
+    sizes = sorted(len(r["body"].split('"text number')) - 1 for r in openai.recorded.snapshot()[:3])
+    assert sizes == [5, 10, 10]
+
+
+def test_dimensions_and_the_openai_wire(conn, openai):
+    (short,) = conn.execute(
+        "SELECT azure_openai.create_embeddings('emb', 'text', dimensions => 64)"
+    ).fetchone()
+    assert len(short) == 64
+    conn.execute("SELECT azure_ai.set_setting('azure_openai.api_type', 'openai')")
+    (same,) = conn.execute(
+        "SELECT azure_openai.create_embeddings('text-embedding-3-small', 'text', 64)"
+    ).fetchone()
+    assert same == short
+    request = openai.recorded.snapshot()[-1]
+    assert request["path"] == "/v1/embeddings"
+    assert request["headers"]["authorization"] == f"Bearer {DEFAULT_KEY}"
+    assert '"model": "text-embedding-3-small"' in request["body"]
+
+
+def test_a_retry_waits_for_retry_after_ms(conn, openai):
+    openai.faults.extend([Fault(status=429, headers={"retry-after-ms": "600"})])
+    conn.execute(
+        "SELECT azure_openai.create_embeddings('emb', 'text', max_attempts => 2,"
+        " retry_delay_ms => 1)"
+    )
+    first, again = (r["received"] for r in openai.recorded.snapshot())
+    assert again - first >= 0.6  # the simulator's clock: what it asked for, not 1 ms
+
+
+def test_throw_on_error_and_retries(conn, openai):
+    openai.faults.extend([Fault(status=429, headers={"retry-after-ms": "10"})])
+    (retried,) = conn.execute(
+        "SELECT azure_openai.create_embeddings('emb', 'text', max_attempts => 2,"
+        " retry_delay_ms => 10)"
+    ).fetchone()
+    assert len(retried) == 384
+    openai.faults.extend([Fault(status=500)] * 2)
+    with pytest.raises(psycopg.errors.SystemError) as failed:  # 58000
+        conn.execute("SELECT azure_openai.create_embeddings('emb', 'text')")
+    assert "HTTP 500" in str(failed.value)
+    (kept,) = conn.execute(
+        "SELECT azure_openai.create_embeddings('emb', 'text', throw_on_error => false)"
+    ).fetchone()
+    assert kept is None
+
+
+def test_the_ledger_counts_its_tokens(conn, openai):
+    conn.execute("CREATE EXTENSION IF NOT EXISTS ml_pipeline")
+    ledger = (
+        "SELECT coalesce(sum(requests), 0), coalesce(sum(input_tokens), 0)"
+        " FROM ml_pipeline.usage WHERE service = 'azure_openai' AND endpoint = 'counted'"
+    )
+    before = conn.execute(ledger).fetchone()
+    conn.execute("SELECT azure_openai.create_embeddings('counted', %s::text[])", (TEXTS,))
+    after = conn.execute(ledger).fetchone()
+    assert after[0] - before[0] == 1 and after[1] - before[1] > 0
+
+
+def test_per_row_calls_in_a_query_share_requests_and_give_each_rows_own_result(conn, openai):
+    conn.execute("DROP TABLE IF EXISTS notes")
+    conn.execute("CREATE TABLE notes AS SELECT g AS id, 'note ' || g AS body"
+                 " FROM generate_series(1, 250) g")  # fmt: skip
+    conn.execute("SET azure_ai_sim.enable_batch_mode = on")
+    batched = conn.execute(
+        "SELECT id, azure_openai.create_embeddings('emb', body) FROM notes ORDER BY id"
+    ).fetchall()
+    bodies = [r["body"] for r in openai.recorded.snapshot()]
+    assert sorted(len(json.loads(body)["input"]) for body in bodies) == [50, 100, 100]
+    conn.execute("SET azure_ai_sim.enable_batch_mode = off")
+    alone = conn.execute(
+        "SELECT id, azure_openai.create_embeddings('emb', body) FROM notes"
+        " WHERE id IN (1, 250) ORDER BY id"
+    ).fetchall()
+    assert [batched[0], batched[-1]] == alone
