@@ -16,6 +16,7 @@ VALID = {
     "azure_openai.endpoint": "https://example.openai.azure.com",
     "azure_openai.subscription_key": "0123456789abcdef",
     "azure_openai.auth_type": "subscription-key",
+    "azure_openai.api_type": "openai",
     "azure_cognitive.endpoint": "http://127.0.0.1:8080",
     "azure_cognitive.subscription_key": "cog-key",
     "azure_cognitive.auth_type": "subscription-key",
