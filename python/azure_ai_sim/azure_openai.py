@@ -15,6 +15,7 @@ import base64
 import binascii
 import functools
 import json
+import re
 import struct
 import sys
 from dataclasses import dataclass
@@ -29,51 +30,64 @@ API_VERSION = "2024-10-21"  # the latest GA data-plane version
 AUDIENCE = "https://cognitiveservices.azure.com"
 DEFAULT_TIMEOUT_MS = 3_600_000
 MAX_INPUTS = 2048  # per request, Azure OpenAI's and OpenAI's limit
+MAX_INPUT_TOKENS = 8192  # per input, for every embedding model of theirs
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024  # 2,048 embeddings of 3,072 floats as JSON
 USER_AGENT = f"azure_ai_sim/{azure_ai_sim.__version__}"
 
 
 @dataclass(frozen=True)
-class _Target:
+class Target:
     """Where one call's requests go, and with which deadline, retries and credential."""
 
-    url: str
+    base: str  # the endpoint, without a trailing /
     openai: bool  # OpenAI's API rather than Azure OpenAI's
     timing: aws.Timing
     secret: str | None
     token: bool  # the secret is an Entra ID token, not a key
 
     def request(
-        self, deployment: str, texts: list[str], dimensions: int | None
+        self, deployment: str, operation: str, body: dict, rows: int, max_bytes: int
     ) -> transport.Request:
-        body: dict = {"input": texts, "encoding_format": "base64"}  # a quarter of the bytes
+        """POST body to a deployment's operation ("embeddings", "chat/completions")."""
         if self.openai:
-            body = {"model": deployment, **body}
-        if dimensions is not None:
-            body["dimensions"] = dimensions
+            url, body = f"{self.base}/v1/{operation}", {"model": deployment, **body}
+        else:
+            url = (f"{self.base}/openai/deployments/{quote(deployment, safe='')}/{operation}"
+                   f"?api-version={API_VERSION}")  # fmt: skip
         headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
         if self.secret:
             if self.token or self.openai:
                 headers["Authorization"] = f"Bearer {self.secret}"
             else:
                 headers["api-key"] = self.secret
-        url = self.url if self.openai else self.url.format(deployment=quote(deployment, safe=""))
         return transport.Request(
-            "POST", url, headers, json.dumps(body).encode(), MAX_RESPONSE_BYTES,
+            "POST", url, headers, json.dumps(body).encode(), max_bytes,
             secrets=(self.secret,) if self.secret else (), service="azure_openai",
-            endpoint=deployment, rows=len(texts),
+            endpoint=deployment, rows=rows,
         )  # fmt: skip
 
+    def embeddings(
+        self, deployment: str, texts: list[str], dimensions: int | None
+    ) -> transport.Request:
+        body: dict = {"input": texts, "encoding_format": "base64"}  # a quarter of the bytes
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        return self.request(deployment, "embeddings", body, len(texts), MAX_RESPONSE_BYTES)
 
-def _target(
+
+def timing_of(
     timeout_ms: int | None, max_attempts: int | None, retry_delay_ms: int | None
-) -> _Target:
-    timing = aws.Timing(
+) -> aws.Timing:
+    return aws.Timing(
         max_attempts=at_least("max_attempts", max_attempts, 1, default=1),
         delay_seconds=at_least("retry_delay_ms", retry_delay_ms, 0, default=1000) / 1000,
         seconds=transport.timeout_seconds(timeout_ms),
         default_seconds=DEFAULT_TIMEOUT_MS / 1000,
     )
+
+
+def target_for(timing: aws.Timing) -> Target:
+    """The settings' endpoint and credential; a managed identity's token is fetched here."""
     if pg.in_parallel_mode():
         raise errors.ParallelMode()
     settings = SETTINGS.snapshot()
@@ -84,7 +98,6 @@ def _target(
             hint="SELECT azure_ai.set_setting('azure_openai.endpoint', 'https://<resource>"
             ".openai.azure.com');",
         )
-    base = endpoint.rstrip("/")
     openai = settings.get("azure_openai.api_type") == "openai"
     token = not openai and settings.get("azure_openai.auth_type") == "managed-identity"
     if token:
@@ -98,9 +111,32 @@ def _target(
                 hint="SELECT azure_ai.set_setting('azure_openai.subscription_key', '<key>'); "
                 "or set azure_openai.auth_type to managed-identity.",
             )
-    azure = f"{base}/openai/deployments/{{deployment}}/embeddings?api-version={API_VERSION}"
-    url = f"{base}/v1/embeddings" if openai else azure
-    return _Target(url, openai, timing, secret, token)
+    return Target(endpoint.rstrip("/"), openai, timing, secret, token)
+
+
+def _timed_target(
+    timeout_ms: int | None, max_attempts: int | None, retry_delay_ms: int | None
+) -> Target:
+    return target_for(timing_of(timeout_ms, max_attempts, retry_delay_ms))
+
+
+# Each match is at least one token of OpenAI's tokenizers, whose pre-tokenizers never put
+# two of them in one piece: a lower bound, so a text refused for it is surely too long.
+_SURE_TOKENS = re.compile(r"[^\W\d_]+|\d{1,3}")
+
+
+def _check_text(text: str, argument: str) -> None:
+    """Azure OpenAI's limits on an input, checked before sending: a 400 from the service
+    would fail the whole request, the other texts of a batch with it."""
+    if not text:
+        raise errors.InvalidParameter(f"{argument} must not be an empty string")
+    if len(text) > MAX_INPUT_TOKENS:  # fewer characters are fewer tokens
+        tokens = sum(1 for _ in _SURE_TOKENS.finditer(text))
+        if tokens > MAX_INPUT_TOKENS:
+            raise errors.InvalidParameter(
+                f"{argument} has at least {tokens} tokens; an embeddings input may have at "
+                f"most {MAX_INPUT_TOKENS}"
+            )
 
 
 def _checked(deployment_name: str | None, dimensions: int | None) -> str:
@@ -121,8 +157,9 @@ def create_embedding(
     deployment = _checked(deployment_name, dimensions)
     if text is None:
         return None
-    target = _target(timeout_ms, max_attempts, retry_delay_ms)
-    request = target.request(deployment, [text], dimensions)
+    _check_text(text, "input")
+    target = _timed_target(timeout_ms, max_attempts, retry_delay_ms)
+    request = target.embeddings(deployment, [text], dimensions)
     try:
         return _embeddings(transport.send(request, target.timing.deadline(),
                                           target.timing.policy()), 1)[0]  # fmt: skip
@@ -148,9 +185,11 @@ def create_embeddings(
     if not texts:
         return []
     present = [i for i, text in enumerate(texts) if text is not None]
-    target = _target(timeout_ms, max_attempts, retry_delay_ms)
+    for i in present:
+        _check_text(texts[i], f"input[{i + 1}]")  # type: ignore[arg-type]
+    target = _timed_target(timeout_ms, max_attempts, retry_delay_ms)
     chunks = [present[start : start + size] for start in range(0, len(present), size)]
-    requests = [target.request(deployment, [texts[i] for i in chunk], dimensions)  # type: ignore[misc]
+    requests = [target.embeddings(deployment, [texts[i] for i in chunk], dimensions)  # type: ignore[misc]
                 for chunk in chunks]  # fmt: skip
     outcomes = transport.send_many(requests, target.timing.deadline, target.timing.policy())
     results: list[bytes | None] = [None] * len(texts)
@@ -185,7 +224,6 @@ def _embeddings(response: transport.Response, count: int) -> list[bytes]:
 BATCH_INPUTS = 100  # texts per request of a batch of rows, as the array form's default
 
 
-@pg.sql_function("azure_openai.create_embeddings")
 def _float32(embedding: str | list[float]) -> bytes:
     if isinstance(embedding, str):
         raw = base64.b64decode(embedding, validate=True)
@@ -198,6 +236,7 @@ def _float32(embedding: str | list[float]) -> bytes:
     return struct.pack(f"={len(embedding)}f", *embedding)
 
 
+@pg.sql_function("azure_openai.create_embeddings")
 def create_embedding_batch(
     deployment_name: list[str | None], text: list[str | None], dimensions: list[int | None],
     timeout_ms: list[int | None], throw_on_error: list[bool | None],
@@ -217,7 +256,10 @@ def create_embedding_batch(
         timeout: int | None, attempts: int | None, delay: int | None,
     ) -> tuple | None:  # fmt: skip
         name = _checked(deployment, row_dimensions)
-        return None if row_text is None else (name, row_dimensions, timeout, attempts, delay)
+        if row_text is None:
+            return None
+        _check_text(row_text, "input")
+        return name, row_dimensions, timeout, attempts, delay
 
     keys = batch.prepare(
         check, deployment_name, text, dimensions, timeout_ms, max_attempts, retry_delay_ms
@@ -230,11 +272,11 @@ def create_embedding_batch(
         for row, vector in zip(rows, _embeddings(response, len(rows)), strict=True):
             batch.results[row] = vector
 
-    targets: dict[tuple, _Target | errors.Error] = {}
+    targets: dict[tuple, Target | errors.Error] = {}
     for (name, row_dimensions, *timing), rows in groups.items():
         if tuple(timing) not in targets:
             try:
-                targets[tuple(timing)] = _target(*timing)
+                targets[tuple(timing)] = _timed_target(*timing)
             except errors.Error as failure:
                 targets[tuple(timing)] = failure
         target = targets[tuple(timing)]
@@ -243,7 +285,7 @@ def create_embedding_batch(
             continue
         for start in range(0, len(rows), BATCH_INPUTS):
             chunk = rows[start : start + BATCH_INPUTS]
-            request = target.request(name, [text[row] for row in chunk], row_dimensions)  # type: ignore[misc]
+            request = target.embeddings(name, [text[row] for row in chunk], row_dimensions)  # type: ignore[misc]
             exchange = aws.Exchange(chunk[0], request, target.timing,
                                     functools.partial(finish, chunk))  # fmt: skip
             exchange.failed = functools.partial(batch.failed, chunk, throw_on_error=throw_on_error)
