@@ -159,6 +159,17 @@ AS $$
     ORDER BY r.rank
 $$;
 
+-- The batching node calls the batch forms without a privilege check of its own: it
+-- checks EXECUTE on the per-row cores they stand for.
+REVOKE EXECUTE ON FUNCTION
+    azure_ai_internal.generate_text_batch(text[], text[], text[]),
+    azure_ai_internal.generate_json_batch(text[], jsonb[], text[], text[]),
+    azure_ai_internal.is_true_batch(text[], text[]),
+    azure_ai_internal.extract_batch(text[], jsonb[], text[]),
+    azure_ai_internal.openai_embedding_batch(
+        text[], text[], integer[], integer[], boolean[], integer[], integer[])
+FROM PUBLIC;
+
 COMMENT ON FUNCTION azure_ai_internal.generate_text(text, text, text)
     IS 'The core of azure_ai.generate(text, ...)';
 COMMENT ON FUNCTION azure_ai_internal.generate_text_batch(text[], text[], text[])

@@ -147,3 +147,23 @@ def test_per_row_calls_in_a_query_share_requests_and_give_each_rows_own_result(c
         " WHERE id IN (1, 250) ORDER BY id"
     ).fetchall()
     assert [batched[0], batched[-1]] == alone
+
+
+def test_inputs_over_the_limits_are_refused_before_sending(conn, openai):
+    long_text = "word " * 9000  # at least 9,000 tokens in any of OpenAI's tokenizers
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:
+        conn.execute("SELECT azure_openai.create_embeddings('emb', %s)", (long_text,))
+    assert refused.value.diag.message_primary == (
+        "azure_openai.create_embeddings: input has at least 9000 tokens; an embeddings input"
+        " may have at most 8192"
+    )
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"input\[2\] must not be an"):
+        conn.execute("SELECT azure_openai.create_embeddings('emb', ARRAY['a', ''])")
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="batch_size must be from 1"):
+        conn.execute("SELECT azure_openai.create_embeddings('emb', ARRAY['a'], 2049)")
+    assert openai.recorded.snapshot() == []
+    # as many characters, but fewer sure tokens: sent, and the service decides
+    (fits,) = conn.execute(
+        "SELECT azure_openai.create_embeddings('emb', %s)", ("x" * 9000,)
+    ).fetchone()
+    assert len(fits) == 384

@@ -312,7 +312,7 @@ def _rerank(model: str, query: str, documents: list[str]) -> list[float]:
                "Authorization": f"Bearer {secret}"}  # fmt: skip
     request = transport.Request(
         "POST", url, headers, json.dumps(body).encode(), MAX_RESPONSE_BYTES, secrets=(secret,),
-        service="azure_ml", endpoint=model, rows=len(documents),
+        service="azure_ml", endpoint=url, rows=len(documents),
     )  # fmt: skip
     response = transport.send(request, TIMING.deadline(), TIMING.policy())
     try:

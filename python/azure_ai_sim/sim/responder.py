@@ -84,7 +84,8 @@ class Responder:
             low, high = (0.0, 1.0) if low is None or high is None else (low, high)
             return round(low + (high - low) * score, 6)
         if low is not None and high is not None:
-            return (low + high) / 2
+            middle = (low + high) / 2
+            return int(middle) if middle == int(middle) else middle
         return 0
 
     def _closest(self, text: str, candidates: list[str], values: list) -> Any:
