@@ -89,17 +89,17 @@ AS $$
     return semantic.extract(document, data, model)
 $$;
 
--- place: the document's place in document_contents, from 1; ids: how many
--- document_ids there are (NULL: none), which must be one per document.
+-- place: the document's place in document_contents, from 1. id_shape: the dimensions
+-- and number of the document_ids, which must be one per document (NULL: none given).
 CREATE FUNCTION azure_ai_internal.rank(
-    query text, document_contents text[], model text, ids integer
+    query text, document_contents text[], model text, id_shape integer[]
 ) RETURNS TABLE (place integer, rank integer, relevance_score double precision)
     LANGUAGE azure_ai_plpython VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
     #BOOT
     from azure_ai_sim import semantic
-    return semantic.rank(query, document_contents, model, ids)
+    return semantic.rank(query, document_contents, model, id_shape)
 $$;
 
 -- As Azure documents them; inlinable SQL, so that batch mode finds the cores inside.
@@ -155,7 +155,8 @@ AS $$
     SELECT document_ids[array_lower(document_ids, 1) + r.place - 1], r.rank,
            r.relevance_score
     FROM azure_ai_internal.rank(query, document_contents, model,
-                                cardinality(document_ids)) AS r
+                                ARRAY[array_ndims(document_ids), cardinality(document_ids)])
+         AS r
     ORDER BY r.rank
 $$;
 
@@ -186,7 +187,7 @@ COMMENT ON FUNCTION azure_ai_internal.extract(text, jsonb, text)
     IS 'The core of azure_ai.extract, its labels as a jsonb array';
 COMMENT ON FUNCTION azure_ai_internal.extract_batch(text[], jsonb[], text[])
     IS 'The batch form of azure_ai_internal.extract';
-COMMENT ON FUNCTION azure_ai_internal.rank(text, text[], text, integer)
+COMMENT ON FUNCTION azure_ai_internal.rank(text, text[], text, integer[])
     IS 'The core of azure_ai.rank: each document''s place, rank and relevance score';
 COMMENT ON FUNCTION azure_ai.generate(text, text, text)
     IS 'A language model''s answer to a prompt (an Azure OpenAI chat deployment)';

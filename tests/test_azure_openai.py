@@ -167,3 +167,38 @@ def test_inputs_over_the_limits_are_refused_before_sending(conn, openai):
         "SELECT azure_openai.create_embeddings('emb', %s)", ("x" * 9000,)
     ).fetchone()
     assert len(fits) == 384
+
+
+def test_a_refused_input_with_throw_on_error_false_is_null_and_a_warning(conn, openai):
+    warnings: list[str] = []
+    conn.add_notice_handler(lambda notice: warnings.append(notice.message_primary))
+    (single,) = conn.execute(
+        "SELECT azure_openai.create_embeddings('emb', '', throw_on_error => false)"
+    ).fetchone()
+    rows = conn.execute(
+        "SELECT embedding IS NULL FROM azure_openai.create_embeddings('emb', ARRAY['a', '', 'b'],"
+        " throw_on_error => false)"
+    ).fetchall()
+    assert single is None and rows == [(False,), (True,), (False,)]
+    assert warnings == [
+        "azure_openai.create_embeddings: input must not be an empty string",
+        "azure_openai.create_embeddings: input[2] must not be an empty string",
+    ]
+    # a server of OpenAI's API checks its own token limit (a local model's may be longer)
+    conn.execute("SELECT azure_ai.set_setting('azure_openai.api_type', 'openai')")
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="HTTP 400.*maximum context"):
+        conn.execute("SELECT azure_openai.create_embeddings('emb', %s)", ("word " * 9000,))
+
+
+def test_a_batch_refused_for_one_text_sends_each_text_alone(conn, openai):
+    conn.execute("DROP TABLE IF EXISTS notes")
+    conn.execute("CREATE TABLE notes AS SELECT g AS id, 'note ' || g AS body"
+                 " FROM generate_series(1, 5) g")  # fmt: skip
+    conn.execute("SET azure_ai_sim.enable_batch_mode = on")
+    openai.faults.extend([Fault(status=400)])  # the shared request, as if one text were bad
+    rows = conn.execute(
+        "SELECT id, azure_openai.create_embeddings('emb', body) IS NOT NULL FROM notes ORDER BY id"
+    ).fetchall()
+    assert rows == [(i, True) for i in range(1, 6)]
+    sizes = [len(json.loads(r["body"])["input"]) for r in openai.recorded.snapshot()]
+    assert sizes == [5, 1, 1, 1, 1, 1]

@@ -126,6 +126,11 @@ FROM
     assert bare == {"raining": True}
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="json_schema must be"):
         conn.execute("SELECT azure_ai.generate('x', '[1]'::jsonb)")
+    # a wrapped schema without a name gets one, as structured outputs require it
+    conn.execute("""SELECT azure_ai.generate('x', json_schema => '{"schema": {}}')""")
+    assert chat_bodies(openai)[-1]["response_format"]["json_schema"] == {
+        "name": "generate_response", "schema": {}
+    }  # fmt: skip
 
 
 def test_is_true_in_a_where_clause(conn, openai):
@@ -182,14 +187,24 @@ def test_extract_with_plain_and_typed_labels(conn, openai):
         "description": "sentiment score of the review; 1 (lowest) to 5 (highest)",
     }
     assert chat_bodies(openai)[-1]["messages"][1] == {"role": "user", "content": document}
+    # a word that is not a type begins a string's description
+    conn.execute("SELECT azure_ai.extract('Rated 4 of 5.', ARRAY['rating: 1 to 5',"
+                 " 'price: number (USD)', 'color: red-ish'])")  # fmt: skip
+    properties = chat_bodies(openai)[-1]["response_format"]["json_schema"]["schema"]["properties"]
+    assert properties == {
+        "rating": {"type": ["string", "null"], "description": "1 to 5"},
+        "price": {"type": ["number", "null"], "description": "(USD)"},
+        "color": {"type": ["string", "null"], "description": "red-ish"},
+    }
 
 
 @pytest.mark.parametrize(
     ("labels", "message"),
     [
-        ("ARRAY['when: date - the day']", "data[1] has the type 'date'; a label's type is one of"),
+        ("ARRAY[':x']", "data[1] has no name: ':x'"),
+        ("ARRAY[['a', 'b'], ['c', 'd']]", "data must be a one-dimensional array of labels"),
         ("ARRAY[]::text[]", "data must be an array of at least one label"),
-        ("ARRAY['a', NULL]", "data[2] must be a label, not NULL or empty"),
+        ("ARRAY['a', NULL]", "data[2] is NULL"),
         ("ARRAY['a', 'a: string']", "data has the label 'a' twice"),
     ],
 )
@@ -239,8 +254,27 @@ def test_rank_with_cohere_v1_and_v2(conn, cohere):
         (QUERY, REVIEWS),
     ).fetchone()
     assert kind == "integer"
-    with pytest.raises(psycopg.errors.InvalidParameterValue, match="3 ids for 4 documents"):
-        conn.execute("SELECT azure_ai.rank(%s, %s::text[], ARRAY[1, 2, 3])", (QUERY, REVIEWS))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ("'q', ARRAY['a', 'b'], ARRAY[1, 2, 3]", "document_ids must have one id per document:"
+         " 3 ids for 2 documents"),
+        ("'q', ARRAY[]::text[], ARRAY['x']", "document_ids must have one id per document: 1 ids"
+         " for 0 documents"),
+        ("'q', ARRAY['a', 'b'], ARRAY[['x'], ['y']]", "document_ids must be a one-dimensional"
+         " array"),
+        ("'q', ARRAY['a', 'b'], NULL::text[]", "document_ids is NULL"),
+        ("'q', ARRAY[['a'], ['b']]", "document_contents must be a one-dimensional array of texts"),
+        ("'q', ARRAY['a', NULL]", "document_contents[2] is NULL"),
+    ],
+)  # fmt: skip
+def test_rank_refuses_bad_arguments_before_sending(conn, cohere, arguments, message):
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:
+        conn.execute(f"SELECT * FROM azure_ai.rank({arguments})")
+    assert refused.value.diag.message_primary == f"azure_ai.rank: {message}"
+    assert cohere.recorded.snapshot() == []
 
 
 def test_rank_with_a_gpt_deployment(conn, openai, cohere):
@@ -288,9 +322,34 @@ def test_retried_and_fatal_statuses(conn, openai):
     openai.faults.extend([Fault(status=500)] * 3)
     with pytest.raises(psycopg.errors.SystemError, match="HTTP 500"):
         conn.execute("SELECT azure_ai.generate('hello')")
-    openai.faults.extend([Fault(body='{"choices": [{"message": {"content": "yes"}}]}')])
-    with pytest.raises(psycopg.errors.InvalidJsonText, match="does not follow the JSON schema"):
-        conn.execute("SELECT azure_ai.is_true('It works')")
+
+
+@pytest.mark.parametrize(
+    ("call", "answer", "message"),
+    [
+        ("is_true('It works')", {"message": {"content": "yes"}},
+         "answered an answer that does not follow the JSON schema: 'yes'"),
+        ("generate('hi')", {"message": "hi"}, "answered a body without a chat completion"),
+        ("generate('hi')", {"message": {"content": "a\u0000b"}},
+         "answered an answer PostgreSQL cannot hold: 'a\\x00b'"),
+        ("extract('doc', ARRAY['a'])", {"message": {"content": "[1, 2]"}},
+         "answered an answer that does not follow the JSON schema: '[1, 2]'"),
+        ("extract('doc', ARRAY['a'])", {"message": {"content": '{"a": "\\u0000"}'}},
+         "answered an answer that does not follow the JSON schema"),
+        ("rank('q', ARRAY['a', 'b'], 'gpt-4.1')",
+         {"message": {"content": '{"relevance_score": NaN}'}},
+         "answered an answer that does not follow the JSON schema"),
+        ("generate('hi')", {"message": {"content": None, "refusal": "No." * 100}},
+         "answered a refusal: 'No.No."),
+    ],
+)  # fmt: skip
+def test_answers_that_are_not_results_are_clear_errors(conn, openai, call, answer, message):
+    body = json.dumps({"choices": [{"finish_reason": "stop", **answer}]})
+    openai.faults.extend([Fault(body=body)])
+    with pytest.raises(psycopg.errors.InvalidJsonText) as failed:  # 22032
+        conn.execute(f"SELECT * FROM azure_ai.{call}")
+    assert message in failed.value.diag.message_primary
+    assert len(failed.value.diag.message_primary) < 300
 
 
 def test_pg_cancel_backend_interrupts_a_slow_call(conn, database, openai):

@@ -18,6 +18,7 @@ import json
 import re
 import struct
 import sys
+import unicodedata
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -66,6 +67,20 @@ class Target:
             endpoint=deployment, rows=rows,
         )  # fmt: skip
 
+    def check(self, text: str, argument: str) -> None:
+        """An input the service would refuse is refused before sending, as a 400 would also
+        fail the other texts of its request. The token limit is Azure OpenAI's: a server
+        of OpenAI's API (a local model's context may be longer) checks its own."""
+        if not text:
+            raise errors.InputRefused(f"{argument} must not be an empty string")
+        if not self.openai and len(text) > MAX_INPUT_TOKENS:  # fewer characters: fewer tokens
+            tokens = sum(1 for _ in _sure_tokens().finditer(text))
+            if tokens > MAX_INPUT_TOKENS:
+                raise errors.InputRefused(
+                    f"{argument} has at least {tokens} tokens; an embeddings input may have "
+                    f"at most {MAX_INPUT_TOKENS}"
+                )
+
     def embeddings(
         self, deployment: str, texts: list[str], dimensions: int | None
     ) -> transport.Request:
@@ -75,7 +90,7 @@ class Target:
         return self.request(deployment, "embeddings", body, len(texts), MAX_RESPONSE_BYTES)
 
 
-def timing_of(
+def _timing(
     timeout_ms: int | None, max_attempts: int | None, retry_delay_ms: int | None
 ) -> aws.Timing:
     return aws.Timing(
@@ -117,26 +132,19 @@ def target_for(timing: aws.Timing) -> Target:
 def _timed_target(
     timeout_ms: int | None, max_attempts: int | None, retry_delay_ms: int | None
 ) -> Target:
-    return target_for(timing_of(timeout_ms, max_attempts, retry_delay_ms))
+    return target_for(_timing(timeout_ms, max_attempts, retry_delay_ms))
 
 
-# Each match is at least one token of OpenAI's tokenizers, whose pre-tokenizers never put
-# two of them in one piece: a lower bound, so a text refused for it is surely too long.
-_SURE_TOKENS = re.compile(r"[^\W\d_]+|\d{1,3}")
-
-
-def _check_text(text: str, argument: str) -> None:
-    """Azure OpenAI's limits on an input, checked before sending: a 400 from the service
-    would fail the whole request, the other texts of a batch with it."""
-    if not text:
-        raise errors.InvalidParameter(f"{argument} must not be an empty string")
-    if len(text) > MAX_INPUT_TOKENS:  # fewer characters are fewer tokens
-        tokens = sum(1 for _ in _SURE_TOKENS.finditer(text))
-        if tokens > MAX_INPUT_TOKENS:
-            raise errors.InvalidParameter(
-                f"{argument} has at least {tokens} tokens; an embeddings input may have at "
-                f"most {MAX_INPUT_TOKENS}"
-            )
+@functools.cache
+def _sure_tokens() -> re.Pattern:
+    """Runs of letters, and numerals three at a time: \\p{L}+ and \\p{N}{1,3} in the
+    pre-tokenizers of OpenAI's tokenizers, which never put two of them in one piece. Each
+    is at least one token, so a text with too many is surely too long."""
+    numerals = "".join(
+        re.escape(chr(code)) for code in range(sys.maxunicode + 1)
+        if unicodedata.category(chr(code))[0] == "N"
+    )  # fmt: skip
+    return re.compile(f"[^\\W{numerals}_]+|[{numerals}]{{1,3}}")
 
 
 def _checked(deployment_name: str | None, dimensions: int | None) -> str:
@@ -157,10 +165,10 @@ def create_embedding(
     deployment = _checked(deployment_name, dimensions)
     if text is None:
         return None
-    _check_text(text, "input")
     target = _timed_target(timeout_ms, max_attempts, retry_delay_ms)
-    request = target.embeddings(deployment, [text], dimensions)
     try:
+        target.check(text, "input")
+        request = target.embeddings(deployment, [text], dimensions)
         return _embeddings(transport.send(request, target.timing.deadline(),
                                           target.timing.policy()), 1)[0]  # fmt: skip
     except errors.CallFailed as failure:
@@ -184,10 +192,17 @@ def create_embeddings(
         raise errors.InvalidParameter(f"batch_size must be from 1 to {MAX_INPUTS}, not {size}")
     if not texts:
         return []
-    present = [i for i, text in enumerate(texts) if text is not None]
-    for i in present:
-        _check_text(texts[i], f"input[{i + 1}]")  # type: ignore[arg-type]
     target = _timed_target(timeout_ms, max_attempts, retry_delay_ms)
+    present = []
+    for i, text in enumerate(texts):
+        if text is not None:
+            try:
+                target.check(text, f"input[{i + 1}]")
+                present.append(i)
+            except errors.InputRefused as refused:
+                if throw_on_error is not False:
+                    raise
+                pg.warning(refused, "azure_openai.create_embeddings")
     chunks = [present[start : start + size] for start in range(0, len(present), size)]
     requests = [target.embeddings(deployment, [texts[i] for i in chunk], dimensions)  # type: ignore[misc]
                 for chunk in chunks]  # fmt: skip
@@ -256,10 +271,7 @@ def create_embedding_batch(
         timeout: int | None, attempts: int | None, delay: int | None,
     ) -> tuple | None:  # fmt: skip
         name = _checked(deployment, row_dimensions)
-        if row_text is None:
-            return None
-        _check_text(row_text, "input")
-        return name, row_dimensions, timeout, attempts, delay
+        return None if row_text is None else (name, row_dimensions, timeout, attempts, delay)
 
     keys = batch.prepare(
         check, deployment_name, text, dimensions, timeout_ms, max_attempts, retry_delay_ms
@@ -272,6 +284,24 @@ def create_embedding_batch(
         for row, vector in zip(rows, _embeddings(response, len(rows)), strict=True):
             batch.results[row] = vector
 
+    def send(target: Target, name: str, row_dimensions: int | None, chunk: list[int]) -> None:
+        request = target.embeddings(name, [text[row] for row in chunk], row_dimensions)  # type: ignore[misc]
+        exchange = aws.Exchange(chunk[0], request, target.timing, functools.partial(finish, chunk))
+        exchange.failed = functools.partial(refused, target, name, row_dimensions, chunk)
+        batch.add(exchange)
+
+    def refused(
+        target: Target, name: str, row_dimensions: int | None, chunk: list[int],
+        failure: errors.Error,
+    ) -> None:  # fmt: skip
+        """A request refused (400) may have been refused for one of its texts: each then
+        goes alone, and gets its own answer or error."""
+        if len(chunk) > 1 and failure.sqlstate == errors.http_sqlstate(400):
+            for row in chunk:
+                send(target, name, row_dimensions, [row])
+        else:
+            batch.failed(chunk, failure, throw_on_error)
+
     targets: dict[tuple, Target | errors.Error] = {}
     for (name, row_dimensions, *timing), rows in groups.items():
         if tuple(timing) not in targets:
@@ -283,13 +313,15 @@ def create_embedding_batch(
         if isinstance(target, errors.Error):
             batch.failed(rows[:1], target, throw_on_error)
             continue
-        for start in range(0, len(rows), BATCH_INPUTS):
-            chunk = rows[start : start + BATCH_INPUTS]
-            request = target.embeddings(name, [text[row] for row in chunk], row_dimensions)  # type: ignore[misc]
-            exchange = aws.Exchange(chunk[0], request, target.timing,
-                                    functools.partial(finish, chunk))  # fmt: skip
-            exchange.failed = functools.partial(batch.failed, chunk, throw_on_error=throw_on_error)
-            batch.add(exchange)
+        sendable = []
+        for row in rows:
+            try:
+                target.check(text[row], "input")  # type: ignore[arg-type]
+                sendable.append(row)
+            except errors.InputRefused as refusal:
+                batch.failed([row], refusal, throw_on_error)
+        for start in range(0, len(sendable), BATCH_INPUTS):
+            send(target, name, row_dimensions, sendable[start : start + BATCH_INPUTS])
     batch.run()
     batch.warn("azure_openai.create_embeddings")
     return batch.outcome()

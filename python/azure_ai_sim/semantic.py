@@ -9,17 +9,20 @@ endpoint and credential. Those that need a structured answer ask for it with a J
 otherwise asks the chat deployment for each document's relevance.
 
 The operators have no timeout or retry arguments: each request gets three attempts (429s
-and 5xx retried, Retry-After honoured) within the statement's time.
+and 5xx retried, Retry-After honoured) within what statement_timeout leaves, or within an
+hour, azure_openai.create_embeddings' default timeout.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from azure_ai_sim import aws, azure_ml, errors, identity, pg, redaction, transport
 from azure_ai_sim.azure_ai import SETTINGS
@@ -27,10 +30,9 @@ from azure_ai_sim.azure_openai import DEFAULT_TIMEOUT_MS, USER_AGENT, Target, ta
 
 TIMING = aws.Timing(3, 1.0, None, DEFAULT_TIMEOUT_MS / 1000)
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
-MAX_DOCUMENTS = 1000  # Cohere's limit: documents x 10 chunks each < 10,000
+MAX_DOCUMENTS = 1000  # Cohere's recommended most (its v1 counts 10 chunks a document)
 LABEL_TYPES = ("string", "number", "integer", "boolean")
-LABEL = re.compile(r"\s*([^:]+?)\s*(?::\s*(.*?))?\s*", re.S)
-TYPED = re.compile(r"(\w+)\s*(?:-\s*(.*))?", re.S)
+TYPED = re.compile(r"(\w+)\b\s*-?\s*(.*)", re.S)  # "type - description"
 
 
 @dataclass(frozen=True)
@@ -55,23 +57,53 @@ class Chat:
         try:
             choice = json.loads(response.body)["choices"][0]
             message = choice["message"]
-        except (ValueError, KeyError, IndexError, TypeError):
+            refusal, content = message.get("refusal"), message.get("content")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise _invalid(response, "a body without a chat completion") from None
-        if message.get("refusal"):
-            raise _invalid(response, f"a refusal: {message['refusal']!r}")
+        if refusal:
+            raise _invalid(response, f"a refusal: {_excerpt(str(refusal))!r}")
         if choice.get("finish_reason") in ("length", "content_filter"):
             raise _invalid(response, f"an answer cut short ({choice['finish_reason']})")
-        content = message.get("content")
         if not isinstance(content, str):
             raise _invalid(response, "a message without content")
-        if self.schema is None:
-            return self.read(content)
         try:
-            return self.read(json.loads(content))
-        except (ValueError, KeyError, TypeError):
-            excerpt = redaction.excerpt(content.encode(), 100)
-            raise _invalid(response, f"an answer that does not follow the JSON schema: "
-                                     f"{excerpt!r}") from None  # fmt: skip
+            if self.schema is None:
+                return self.read(content)
+            return self.read(json.loads(content, parse_constant=_no_constant))
+        except (ValueError, KeyError, TypeError, OverflowError):
+            what = (
+                "an answer PostgreSQL cannot hold" if self.schema is None
+                else "an answer that does not follow the JSON schema"
+            )  # fmt: skip
+            raise _invalid(response, f"{what}: {_excerpt(content)!r}") from None
+
+
+def _excerpt(text: str) -> str:
+    return redaction.excerpt(text.encode("utf-8", "backslashreplace"), 100)
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _text(answer: str) -> str:
+    if "\x00" in answer:
+        raise ValueError("a NUL character, which PostgreSQL's text cannot hold")
+    return answer
+
+
+def _json(answer: Any) -> str:
+    """The answer as jsonb's text; \\u0000, which jsonb refuses, is refused here."""
+    text = json.dumps(answer)
+    if "\\u0000" in text:
+        raise ValueError("a NUL character, which jsonb cannot hold")
+    return text
+
+
+def _object(answer: Any) -> str:
+    if not isinstance(answer, dict):
+        raise TypeError("not a JSON object")
+    return _json(answer)
 
 
 def _invalid(response: transport.Response, what: str) -> errors.InvalidResponse:
@@ -98,7 +130,7 @@ def _model(model: str | None) -> str:
 def _generate(prompt: str | None, model: str | None, system_prompt: str | None) -> Chat | None:
     if prompt is None:
         return None
-    return Chat(_model(model), system_prompt, prompt, None, str)
+    return Chat(_model(model), system_prompt, prompt, None, _text)
 
 
 def _generate_json(
@@ -107,7 +139,7 @@ def _generate_json(
     if prompt is None:
         return None
     if json_schema is None:
-        return Chat(_model(model), system_prompt, prompt, None, json.dumps)
+        return Chat(_model(model), system_prompt, prompt, None, lambda text: _json(_text(text)))
     schema = json.loads(json_schema)
     if not isinstance(schema, dict):
         raise errors.InvalidParameter(
@@ -115,8 +147,9 @@ def _generate_json(
             "structured outputs, or a JSON schema"
         )
     if "schema" not in schema:  # a bare JSON schema
-        schema = {"name": "generate_response", "schema": schema}
-    return Chat(_model(model), system_prompt, prompt, schema, json.dumps)
+        schema = {"schema": schema}
+    schema = {"name": "generate_response", **schema}
+    return Chat(_model(model), system_prompt, prompt, schema, _json)
 
 
 IS_TRUE = _strict("is_true", {"result": {
@@ -127,7 +160,7 @@ IS_TRUE_PROMPT = ("Decide whether the user's statement is true. Answer true or f
                   "if the statement does not allow a conclusion.")  # fmt: skip
 
 
-def _result(answer: dict) -> bool | None:
+def _result(answer: Any) -> bool | None:
     result = answer["result"]
     if result is not None and not isinstance(result, bool):
         raise TypeError("not a boolean")
@@ -144,21 +177,25 @@ EXTRACT_PROMPT = ("Extract the requested data from the user's document. Use null
                   "the document does not say.")  # fmt: skip
 
 
-def label_property(label: str | None, position: int) -> tuple[str, dict]:
-    """One of extract's labels, "name", "name: type" or "name: type - description" (or
-    "name: description"), as a property of the answer's schema."""
-    if label is None or not label.strip():
-        raise errors.InvalidParameter(f"data[{position}] must be a label, not NULL or empty")
-    name, rest = LABEL.fullmatch(label).groups()  # type: ignore[union-attr]
-    kind, description = "string", rest or ""
-    typed = TYPED.fullmatch(rest or "")
-    if typed and typed[1].lower() in LABEL_TYPES:
-        kind, description = typed[1].lower(), typed[2] or ""
-    elif typed and typed[2] is not None and " " not in typed[1]:
+def label_property(label: Any, position: int) -> tuple[str, dict]:
+    """One of extract's labels as a property of the answer's schema: "name", or "name:"
+    then a type (string, number, integer, boolean) and a description, either optional
+    ("sentiment: number - 1 (lowest) to 5 (highest)", "rating: 1 to 5"). Without a type,
+    a string."""
+    if isinstance(label, list):
+        raise errors.InvalidParameter("data must be a one-dimensional array of labels")
+    if label is None:
+        raise errors.InvalidParameter(f"data[{position}] is NULL")
+    name, _, rest = (part.strip() for part in label.partition(":"))
+    if not name:
         raise errors.InvalidParameter(
-            f"data[{position}] has the type {typed[1]!r}; a label's type is one of "
-            f"{', '.join(LABEL_TYPES)}", hint="A label is 'name', or 'name: type - description'.",
-        )  # fmt: skip
+            f"data[{position}] has no name: {label!r}",
+            hint="A label is 'name', or 'name: type - description'.",
+        )
+    kind, description = "string", rest
+    typed = TYPED.fullmatch(rest)
+    if typed and typed[1].lower() in LABEL_TYPES:
+        kind, description = typed[1].lower(), typed[2]
     prop: dict = {"type": [kind, "null"]}
     if description:
         prop["description"] = description
@@ -178,7 +215,7 @@ def _extract(document: str | None, data: str | None, model: str | None) -> Chat 
             raise errors.InvalidParameter(f"data has the label {name!r} twice")
         properties[name] = prop
     return Chat(_model(model), EXTRACT_PROMPT, document, _strict("extract", properties),
-                json.dumps)  # fmt: skip
+                _object)  # fmt: skip
 
 
 # --- calls, one row or a batch of rows ---------------------------------------------------
@@ -208,22 +245,29 @@ def _finish(results: list, row: int, chat: Chat, response: transport.Response) -
 
 
 @pg.sql_function("azure_ai.generate")
-def generate(prompt: list, model: list, system_prompt: list) -> list[str | None]:
+def generate(
+    prompt: list[str | None], model: list[str | None], system_prompt: list[str | None]
+) -> list[str | None]:
     return _chats(_generate, prompt, model, system_prompt)
 
 
 @pg.sql_function("azure_ai.generate")
-def generate_json(prompt: list, json_schema: list, model: list, system_prompt: list) -> list:
+def generate_json(
+    prompt: list[str | None], json_schema: list[str | None], model: list[str | None],
+    system_prompt: list[str | None],
+) -> list[str | None]:  # fmt: skip
     return _chats(_generate_json, prompt, json_schema, model, system_prompt)
 
 
 @pg.sql_function("azure_ai.is_true")
-def is_true(statement: list, model: list) -> list[bool | None]:
+def is_true(statement: list[str | None], model: list[str | None]) -> list[bool | None]:
     return _chats(_is_true, statement, model)
 
 
 @pg.sql_function("azure_ai.extract")
-def extract(document: list, data: list, model: list) -> list[str | None]:
+def extract(
+    document: list[str | None], data: list[str | None], model: list[str | None]
+) -> list[str | None]:
     return _chats(_extract, document, data, model)
 
 
@@ -239,30 +283,49 @@ RELEVANCE_PROMPT = "Rate how relevant the document is to the query."
 
 @pg.sql_function("azure_ai.rank")
 def rank(
-    query: str | None, documents: list[str | None] | None, model: str | None,
-    ids: int | None,
+    query: str | None, documents: list[Any] | None, model: str | None,
+    id_shape: list[int | None] | None,
 ) -> list[tuple[int, int, float]]:  # fmt: skip
-    """(position in documents from 1, rank from 1, relevance score), best first."""
+    """(place in documents from 1, rank from 1, relevance score), best first. id_shape:
+    the dimensions and number of the document_ids (NULL: none given)."""
+    count = len(documents or [])
+    if id_shape is not None:
+        dimensions, ids = id_shape
+        if ids is None:
+            raise errors.InvalidParameter("document_ids is NULL",
+                                          hint="Leave it out to have each document's place as "
+                                          "its id.")  # fmt: skip
+        if ids and dimensions != 1:
+            raise errors.InvalidParameter("document_ids must be a one-dimensional array")
+        if ids != count:
+            raise errors.InvalidParameter(f"document_ids must have one id per document: {ids} "
+                                          f"ids for {count} documents")  # fmt: skip
     if query is None or not documents:
         return []
-    if ids is not None and ids != len(documents):
-        raise errors.InvalidParameter(f"document_ids must have one id per document: {ids} ids "
-                                      f"for {len(documents)} documents")  # fmt: skip
-    if len(documents) > MAX_DOCUMENTS:
+    if count > MAX_DOCUMENTS:
         raise errors.InvalidParameter(f"rank takes at most {MAX_DOCUMENTS} documents, not "
-                                      f"{len(documents)}")  # fmt: skip
-    for position, document in enumerate(documents, 1):
-        if document is None:
-            raise errors.InvalidParameter(f"document_contents[{position}] is NULL")
-    texts: list[str] = documents  # type: ignore[assignment]
+                                      f"{count}")  # fmt: skip
+    for place, document in enumerate(documents, 1):
+        if not isinstance(document, str):
+            raise errors.InvalidParameter(
+                "document_contents must be a one-dimensional array of texts"
+                if isinstance(document, list) else f"document_contents[{place}] is NULL"
+            )  # fmt: skip
+    texts: list[str] = documents
     name = _model(model)
     scores = _rerank(name, query, texts) if "rerank" in name.lower() else _rate(name, query, texts)
     ranked = sorted(range(len(texts)), key=lambda i: -scores[i])  # stable: ties keep order
     return [(i + 1, place, scores[i]) for place, i in enumerate(ranked, 1)]
 
 
-def _score(answer: dict) -> float:
-    return float(answer["relevance_score"])
+def _score(answer: Any) -> float:
+    return _finite(answer["relevance_score"])
+
+
+def _finite(value: Any) -> float:
+    if isinstance(value, bool) or not math.isfinite(score := float(value)):
+        raise ValueError(f"{value!r} is not a score")
+    return score
 
 
 def _rate(model: str, query: str, documents: list[str]) -> list[float]:
@@ -294,8 +357,10 @@ def _rerank(model: str, query: str, documents: list[str]) -> list[float]:
             hint="SELECT azure_ai.set_setting('azure_ml.serverless_ranking_endpoint', "
             "'https://<deployment>.<region>.models.ai.azure.com/v2/rerank');",
         )
-    url = endpoint.rstrip("/")
-    url = url if url.endswith("/rerank") else f"{url}/v2/rerank"
+    parts = urlsplit(endpoint)
+    if not parts.path.rstrip("/").endswith("/rerank"):
+        parts = parts._replace(path=f"{parts.path.rstrip('/')}/v2/rerank")
+    url = urlunsplit(parts)
     if settings.get("azure_ml.auth_type") == "managed-identity":
         secret = identity.bearer_token(azure_ml.AUDIENCE, TIMING.deadline())
     else:
@@ -317,9 +382,9 @@ def _rerank(model: str, query: str, documents: list[str]) -> list[float]:
     response = transport.send(request, TIMING.deadline(), TIMING.policy())
     try:
         results = json.loads(response.body)["results"]
-        scores = {int(item["index"]): float(item["relevance_score"]) for item in results}
+        scores = {int(item["index"]): _finite(item["relevance_score"]) for item in results}
         return [scores[i] for i in range(len(documents))]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, OverflowError):
         raise errors.InvalidResponse(
             f"the ranking endpoint answered a body without a score for each of the "
             f"{len(documents)} documents: {redaction.excerpt(response.body, 100)!r}",

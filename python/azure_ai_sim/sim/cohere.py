@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import threading
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -51,7 +50,6 @@ MAX_CHUNKS = 10_000  # v1: documents x max_chunks_per_doc
 DEFAULT_MAX_CHUNKS_PER_DOC = 10
 DEFAULT_MAX_TOKENS_PER_DOC = 4096
 DOCUMENTS_PER_SEARCH_UNIT = 100
-CACHED_EMBEDDINGS = 100_000
 V1_FIELDS = frozenset(
     {"model", "query", "documents", "top_n", "return_documents", "max_chunks_per_doc",
      "rank_fields"}
@@ -83,8 +81,6 @@ class CohereSimulator(Simulator):
         self.keys = tuple(keys) or (DEFAULT_KEY,)
         self.e5 = E5(Path(model_dir) if model_dir else default_model_dir(), exact=True)
         self.identity = managed_identity.ManagedIdentity(identity_header)
-        self._cache: dict[str, Any] = {}
-        self._cache_lock = threading.Lock()
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -134,8 +130,7 @@ class CohereSimulator(Simulator):
         """e5's cosine similarity of the query and each document, clamped to [0, 1]."""
         texts = [f"query: {query}", *(f"passage: {document}" for document in documents)]
         try:
-            with self._cache_lock:
-                vectors = _cached(self.e5, self._cache, texts)
+            vectors = self.e5.embed_cached(texts)
         except ModelMissing as missing:
             raise HTTPError(500, str(missing)) from None
         similarities = vectors[1:] @ vectors[0]  # the vectors are L2-normalised
@@ -255,17 +250,3 @@ def _v1_documents(documents: list[Any], rank_fields: Any) -> tuple[list[str], li
 
 def _field_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-
-
-def _cached(e5: E5, cache: dict[str, Any], texts: list[str]) -> Any:
-    """e5's embeddings of the texts (prefixes included), each computed once: a benchmark
-    resends the same query and documents. openai.py's _cached adds "query: " itself, so the
-    passages cannot go through it."""
-    import numpy
-
-    missing = list(dict.fromkeys(text for text in texts if text not in cache))
-    if missing:
-        if len(cache) + len(missing) > CACHED_EMBEDDINGS:
-            cache.clear()
-        cache.update(zip(missing, e5.embed(missing), strict=True))
-    return numpy.stack([cache[text] for text in texts])

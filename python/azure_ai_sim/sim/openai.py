@@ -33,7 +33,6 @@ import argparse
 import base64
 import json
 import re
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -54,7 +53,6 @@ MAX_INPUTS = 2048
 MAX_INPUT_TOKENS = 8192
 MODEL_LABEL = "multilingual-e5-small (azure_ai_sim simulator)"
 RESPONDER_LABEL = "deterministic responder (azure_ai_sim simulator, not a language model)"
-CACHED_EMBEDDINGS = 100_000
 
 
 class OpenAISimulator(Simulator):
@@ -82,8 +80,6 @@ class OpenAISimulator(Simulator):
         self.e5 = E5(Path(model_dir) if model_dir else default_model_dir(), exact=True)
         self.identity = managed_identity.ManagedIdentity(identity_header)
         self.responder = Responder(self.e5)
-        self._cache: dict[str, Any] = {}
-        self._cache_lock = threading.Lock()
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -154,10 +150,6 @@ class OpenAISimulator(Simulator):
                                                                    COGNITIVE_SERVICES):  # fmt: skip
             raise HTTPError(401, "Access denied due to missing or invalid credentials.")
 
-    def _embed(self, texts: list[str]) -> Any:
-        with self._cache_lock:
-            return _cached(self.e5, self._cache, texts)
-
     def _bearer_key(self, request: Request) -> None:
         if self.open_v1:
             return
@@ -185,7 +177,7 @@ class OpenAISimulator(Simulator):
                 raise HTTPError(400, f"This model's maximum context length is {MAX_INPUT_TOKENS}"
                                      f" tokens, however input {too_long[0]} has"
                                      f" {tokens[too_long[0]]} tokens.")  # fmt: skip
-            vectors = self._embed(texts)
+            vectors = self.e5.embed_cached([f"query: {text}" for text in texts])
         except ModelMissing as missing:
             raise HTTPError(500, str(missing)) from None
         vectors = vectors[:, :dimensions]
@@ -242,19 +234,6 @@ class OpenAISimulator(Simulator):
                         {"content-type": "application/json"})  # fmt: skip
 
 
-def _cached(e5: E5, cache: dict[str, Any], texts: list[str]) -> Any:
-    """e5's embeddings of the texts, each computed once: a benchmark sends the same texts
-    round after round, and should measure its client, not the simulator's model."""
-    import numpy
-
-    missing = list(dict.fromkeys(text for text in texts if text not in cache))
-    if missing:
-        if len(cache) + len(missing) > CACHED_EMBEDDINGS:
-            cache.clear()
-        cache.update(zip(missing, e5.embed([f"query: {text}" for text in missing]), strict=True))
-    return numpy.stack([cache[text] for text in texts])
-
-
 def _inputs(value: Any) -> list[str]:
     """The texts of "input": one string, or a list of 1 to 2,048 non-empty strings."""
     texts = [value] if isinstance(value, str) else value
@@ -297,14 +276,15 @@ def _response_schema(response_format: Any) -> dict | None:
         raise HTTPError(400, "Invalid value for 'response_format.type': supported values are "
                              "'text', 'json_object' and 'json_schema'.")  # fmt: skip
     described = response_format.get("json_schema")
-    if not isinstance(described, dict) or not SCHEMA_NAME.fullmatch(str(described.get("name"))):
+    name = described.get("name") if isinstance(described, dict) else None
+    if not isinstance(name, str) or not SCHEMA_NAME.fullmatch(name):
         raise HTTPError(400, "'response_format.json_schema.name' must be 1 to 64 letters, "
                              "digits, underscores or dashes.")  # fmt: skip
     schema = described.get("schema")
     if not isinstance(schema, dict):
         raise HTTPError(400, "'response_format.json_schema.schema' must be an object.")
     if described.get("strict"):
-        _check_strict(schema, described["name"], ())
+        _check_strict(schema, name, ())
     return schema
 
 
