@@ -10,6 +10,7 @@ import pytest
 
 from azure_ai_sim.sim import Fault, OpenAISimulator
 from azure_ai_sim.sim.openai import DEFAULT_KEY
+from conftest import assert_interrupted, run_in_thread
 
 TEXTS = ["The cat sat on the mat.", "A cat was sitting on a mat.", "Stock markets fell today."]
 
@@ -202,3 +203,12 @@ def test_a_batch_refused_for_one_text_sends_each_text_alone(conn, openai):
     assert rows == [(i, True) for i in range(1, 6)]
     sizes = [len(json.loads(r["body"])["input"]) for r in openai.recorded.snapshot()]
     assert sizes == [5, 1, 1, 1, 1, 1]
+
+
+def test_statement_timeout_interrupts_a_slow_call(database, openai):
+    openai.faults.extend([Fault(latency_ms=60_000)])
+    call = run_in_thread(
+        database, "SELECT azure_openai.create_embeddings('emb', 'take your time')",
+        setup="SET statement_timeout = '1s'",
+    )  # fmt: skip
+    assert_interrupted(call, "due to statement timeout", "azure_openai.create_embeddings")

@@ -396,3 +396,25 @@ def test_the_ledger_counts_chat_tokens(conn, openai):
     conn.execute("SELECT azure_ai.generate('Count my tokens', 'counted-chat')")
     after = conn.execute(ledger).fetchone()
     assert after[0] - before[0] == 1 and after[1] > before[1] and after[2] > before[2]
+
+
+@pytest.mark.parametrize(
+    ("setting", "call", "hint"),
+    [
+        ("azure_ml.serverless_ranking_endpoint", "rank('q', ARRAY['a'])",
+         "SELECT azure_ai.set_setting('azure_ml.serverless_ranking_endpoint', 'https://"
+         "<deployment>.<region>.models.ai.azure.com/v2/rerank');"),
+        ("azure_ml.serverless_ranking_endpoint_key", "rank('q', ARRAY['a'])",
+         "SELECT azure_ai.set_setting('azure_ml.serverless_ranking_endpoint_key', '<key>'); or"
+         " set azure_ml.auth_type to managed-identity."),
+        ("azure_openai.subscription_key", "is_true('x')",
+         "SELECT azure_ai.set_setting('azure_openai.subscription_key', '<key>'); or set"
+         " azure_openai.auth_type to managed-identity."),
+    ],
+)  # fmt: skip
+def test_a_missing_setting_says_how_to_set_it(conn, setting, call, hint):
+    conn.execute("SELECT azure_ai.set_setting(%s, NULL)", (setting,))
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as missing:
+        conn.execute(f"SELECT * FROM azure_ai.{call}")
+    assert missing.value.diag.message_primary.endswith(f'setting "{setting}" is not set')
+    assert missing.value.diag.message_hint == hint

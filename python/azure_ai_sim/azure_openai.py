@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 import azure_ai_sim
 from azure_ai_sim import aws, errors, identity, pg, redaction, transport
-from azure_ai_sim.azure_ai import SETTINGS
+from azure_ai_sim.azure_ai import SETTINGS, required
 from azure_ai_sim.azure_ml import at_least
 
 API_VERSION = "2024-10-21"  # the latest GA data-plane version
@@ -34,6 +34,7 @@ MAX_INPUTS = 2048  # per request, Azure OpenAI's and OpenAI's limit
 MAX_INPUT_TOKENS = 8192  # per input, for every embedding model of theirs
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024  # 2,048 embeddings of 3,072 floats as JSON
 USER_AGENT = f"azure_ai_sim/{azure_ai_sim.__version__}"
+MANAGED = " or set azure_openai.auth_type to managed-identity."
 
 
 @dataclass(frozen=True)
@@ -106,13 +107,7 @@ def target_for(timing: aws.Timing) -> Target:
     if pg.in_parallel_mode():
         raise errors.ParallelMode()
     settings = SETTINGS.snapshot()
-    endpoint = settings.get("azure_openai.endpoint")
-    if not endpoint:
-        raise errors.SettingMissing(
-            'setting "azure_openai.endpoint" is not set',
-            hint="SELECT azure_ai.set_setting('azure_openai.endpoint', 'https://<resource>"
-            ".openai.azure.com');",
-        )
+    endpoint = required(settings, "azure_openai.endpoint", "https://<resource>.openai.azure.com")
     openai = settings.get("azure_openai.api_type") == "openai"
     token = not openai and settings.get("azure_openai.auth_type") == "managed-identity"
     if token:
@@ -120,12 +115,8 @@ def target_for(timing: aws.Timing) -> Target:
     else:
         secret = settings.get("azure_openai.subscription_key") or None
         redaction.remember(secret)
-        if secret is None and not openai:
-            raise errors.SettingMissing(
-                'setting "azure_openai.subscription_key" is not set',
-                hint="SELECT azure_ai.set_setting('azure_openai.subscription_key', '<key>'); "
-                "or set azure_openai.auth_type to managed-identity.",
-            )
+        if not openai:  # a server of OpenAI's API may take no key
+            secret = required(settings, "azure_openai.subscription_key", "<key>", MANAGED)
     return Target(endpoint.rstrip("/"), openai, timing, secret, token)
 
 

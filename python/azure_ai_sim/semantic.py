@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from azure_ai_sim import aws, azure_ml, errors, identity, pg, redaction, transport
-from azure_ai_sim.azure_ai import SETTINGS
+from azure_ai_sim.azure_ai import SETTINGS, required
 from azure_ai_sim.azure_openai import DEFAULT_TIMEOUT_MS, USER_AGENT, Target, target_for
 
 TIMING = aws.Timing(3, 1.0, None, DEFAULT_TIMEOUT_MS / 1000)
@@ -350,13 +350,8 @@ def _rerank(model: str, query: str, documents: list[str]) -> list[float]:
     if pg.in_parallel_mode():
         raise errors.ParallelMode()
     settings = SETTINGS.snapshot()
-    endpoint = settings.get("azure_ml.serverless_ranking_endpoint")
-    if not endpoint:
-        raise errors.SettingMissing(
-            'setting "azure_ml.serverless_ranking_endpoint" is not set',
-            hint="SELECT azure_ai.set_setting('azure_ml.serverless_ranking_endpoint', "
-            "'https://<deployment>.<region>.models.ai.azure.com/v2/rerank');",
-        )
+    endpoint = required(settings, "azure_ml.serverless_ranking_endpoint",
+                        "https://<deployment>.<region>.models.ai.azure.com/v2/rerank")  # fmt: skip
     parts = urlsplit(endpoint)
     if not parts.path.rstrip("/").endswith("/rerank"):
         parts = parts._replace(path=f"{parts.path.rstrip('/')}/v2/rerank")
@@ -364,13 +359,8 @@ def _rerank(model: str, query: str, documents: list[str]) -> list[float]:
     if settings.get("azure_ml.auth_type") == "managed-identity":
         secret = identity.bearer_token(azure_ml.AUDIENCE, TIMING.deadline())
     else:
-        secret = settings.get("azure_ml.serverless_ranking_endpoint_key")
-        if not secret:
-            raise errors.SettingMissing(
-                'setting "azure_ml.serverless_ranking_endpoint_key" is not set',
-                hint="SELECT azure_ai.set_setting('azure_ml.serverless_ranking_endpoint_key', "
-                "'<key>'); or set azure_ml.auth_type to managed-identity.",
-            )
+        secret = required(settings, "azure_ml.serverless_ranking_endpoint_key", "<key>",
+                          " or set azure_ml.auth_type to managed-identity.")  # fmt: skip
         redaction.remember(secret)
     body = {"model": model, "query": query, "documents": documents}
     headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,

@@ -24,22 +24,19 @@ is a bi-encoder's, not a cross-encoder's. The response has no model field to say
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import uuid
-from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from azure_ai_sim.sim import managed_identity
-from azure_ai_sim.sim.e5 import E5, ModelMissing, default_model_dir
+from azure_ai_sim.sim.e5 import ModelMissing
+from azure_ai_sim.sim.keyed import KeyedE5Simulator
 from azure_ai_sim.sim.server import (
     Endpoint,
     HTTPError,
     Request,
     Response,
-    Simulator,
     json_response,
 )
 
@@ -60,41 +57,12 @@ V2_FIELDS = frozenset(
 )  # fmt: skip
 
 
-class CohereSimulator(Simulator):
+class CohereSimulator(KeyedE5Simulator):
     """Cohere's rerank (/v1/rerank, /v2/rerank) scored with e5; Bearer keys and
     managed-identity tokens for https://ml.azure.com are checked."""
 
     name = "cohere"
-
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        *,
-        keys: Iterable[str] = (DEFAULT_KEY,),
-        model_dir: str | Path | None = None,
-        identity_header: str = managed_identity.DEFAULT_HEADER_SECRET,
-        request_timeout_ms: int | None = None,
-        latency_ms: float = 0,
-    ):
-        super().__init__(host, port, request_timeout_ms=request_timeout_ms, latency_ms=latency_ms)
-        self.keys = tuple(keys) or (DEFAULT_KEY,)
-        self.e5 = E5(Path(model_dir) if model_dir else default_model_dir(), exact=True)
-        self.identity = managed_identity.ManagedIdentity(identity_header)
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        super().add_arguments(parser)
-        parser.add_argument("--key", action="append", help=f"a key it accepts ({DEFAULT_KEY})")
-        parser.add_argument("--model-dir", help="multilingual-e5-small's files (default: the "
-                            f"model cache, {default_model_dir()})")  # fmt: skip
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Simulator:
-        return cls(
-            args.host, args.port, keys=args.key or (DEFAULT_KEY,), model_dir=args.model_dir,
-            request_timeout_ms=args.request_timeout_ms, latency_ms=args.latency_ms,
-        )  # fmt: skip
+    default_key = DEFAULT_KEY
 
     def error_response(
         self, status: int, message: str, headers: dict[str, str] | None = None
@@ -121,8 +89,7 @@ class CohereSimulator(Simulator):
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not (
-            any([managed_identity.same_secret(token, key) for key in self.keys])
-            or self.identity.accepts(token, AZURE_ML)
+            self.has_key(token) or self.identity.accepts(token, AZURE_ML)
         ):
             raise HTTPError(401, "invalid api token")
 

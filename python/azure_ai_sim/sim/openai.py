@@ -35,15 +35,15 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
 from azure_ai_sim.sim import managed_identity
-from azure_ai_sim.sim.e5 import E5, E5_DIMENSIONS, ModelMissing, default_model_dir
+from azure_ai_sim.sim.e5 import E5_DIMENSIONS, ModelMissing
+from azure_ai_sim.sim.keyed import KeyedE5Simulator
 from azure_ai_sim.sim.responder import Responder
-from azure_ai_sim.sim.server import Endpoint, HTTPError, Request, Response, Simulator
+from azure_ai_sim.sim.server import Endpoint, HTTPError, Request, Response
 
 DEFAULT_KEY = "sim-openai-key"
 COGNITIVE_SERVICES = "https://cognitiveservices.azure.com"
@@ -55,49 +55,30 @@ MODEL_LABEL = "multilingual-e5-small (azure_ai_sim simulator)"
 RESPONDER_LABEL = "deterministic responder (azure_ai_sim simulator, not a language model)"
 
 
-class OpenAISimulator(Simulator):
-    """Azure OpenAI's and OpenAI's embeddings; keys (api-key, or Bearer for /v1) and
-    managed-identity tokens are checked; `open_v1` serves /v1 without a key, as a local
-    server does."""
+class OpenAISimulator(KeyedE5Simulator):
+    """Azure OpenAI's and OpenAI's embeddings and chat completions; keys (api-key, or
+    Bearer for /v1) and managed-identity tokens are checked; `open_v1` serves /v1 without
+    a key, as a local server does."""
 
     name = "openai"
+    default_key = DEFAULT_KEY
 
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        *,
-        keys: Iterable[str] = (DEFAULT_KEY,),
-        open_v1: bool = False,
-        model_dir: str | Path | None = None,
-        identity_header: str = managed_identity.DEFAULT_HEADER_SECRET,
-        request_timeout_ms: int | None = None,
-        latency_ms: float = 0,
-    ):
-        super().__init__(host, port, request_timeout_ms=request_timeout_ms, latency_ms=latency_ms)
-        self.keys = tuple(keys) or (DEFAULT_KEY,)
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, open_v1: bool = False,
+                 **options: Any):  # fmt: skip
+        super().__init__(host, port, **options)
         self.open_v1 = open_v1
-        self.e5 = E5(Path(model_dir) if model_dir else default_model_dir(), exact=True)
-        self.identity = managed_identity.ManagedIdentity(identity_header)
         self.responder = Responder(self.e5)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         super().add_arguments(parser)
-        parser.add_argument("--key", action="append", help=f"a key it accepts ({DEFAULT_KEY})")
         parser.add_argument(
             "--open-v1", action="store_true", help="serve /v1 without a key, as Ollama does"
         )
-        parser.add_argument("--model-dir", help="multilingual-e5-small's files (default: the "
-                            f"model cache, {default_model_dir()})")  # fmt: skip
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Simulator:
-        return cls(
-            args.host, args.port, keys=args.key or (DEFAULT_KEY,), open_v1=args.open_v1,
-            model_dir=args.model_dir, request_timeout_ms=args.request_timeout_ms,
-            latency_ms=args.latency_ms,
-        )  # fmt: skip
+    def options(cls, args: argparse.Namespace) -> dict[str, Any]:
+        return {**super().options(args), "open_v1": args.open_v1}
 
     def error_response(
         self, status: int, message: str, headers: dict[str, str] | None = None
@@ -141,7 +122,7 @@ class OpenAISimulator(Simulator):
     def _azure_credentials(self, request: Request) -> None:
         key = request.headers.get("api-key")
         if key is not None:
-            if not any([managed_identity.same_secret(key, k) for k in self.keys]):
+            if not self.has_key(key):
                 raise HTTPError(401, "Access denied due to invalid subscription key or wrong "
                                      "API endpoint.")  # fmt: skip
             return
@@ -154,9 +135,7 @@ class OpenAISimulator(Simulator):
         if self.open_v1:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not any(
-            [managed_identity.same_secret(token.strip(), k) for k in self.keys]
-        ):
+        if scheme.lower() != "bearer" or not self.has_key(token.strip()):
             raise HTTPError(401, "Incorrect API key provided.")
 
     def _embeddings(self, request: Request, deployment: str | None) -> Response:
