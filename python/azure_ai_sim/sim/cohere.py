@@ -37,6 +37,7 @@ from azure_ai_sim.sim.server import (
     HTTPError,
     Request,
     Response,
+    json_object,
     json_response,
 )
 
@@ -104,12 +105,8 @@ class CohereSimulator(KeyedE5Simulator):
         return [round(min(1.0, max(0.0, float(s))), 6) for s in similarities]
 
     def _rerank(self, request: Request, version: str, request_id: str) -> Response:
-        try:
-            payload = json.loads(request.body)
-        except ValueError:
-            raise HTTPError(400, "invalid request: the body is not valid JSON") from None
-        if not isinstance(payload, dict):
-            raise HTTPError(400, "invalid request: the body must be a JSON object")
+        payload = json_object(request, "invalid request: the body is not valid JSON",
+                              "invalid request: the body must be a JSON object")  # fmt: skip
         known = V1_FIELDS if version == "1" else V2_FIELDS
         for name in payload:
             if name not in known:

@@ -43,7 +43,7 @@ from azure_ai_sim.sim import managed_identity
 from azure_ai_sim.sim.e5 import E5_DIMENSIONS, ModelMissing
 from azure_ai_sim.sim.keyed import KeyedE5Simulator
 from azure_ai_sim.sim.responder import Responder
-from azure_ai_sim.sim.server import Endpoint, HTTPError, Request, Response
+from azure_ai_sim.sim.server import Endpoint, HTTPError, Request, Response, json_object
 
 DEFAULT_KEY = "sim-openai-key"
 COGNITIVE_SERVICES = "https://cognitiveservices.azure.com"
@@ -229,12 +229,8 @@ def _inputs(value: Any) -> list[str]:
 def _payload(request: Request, deployment: str | None) -> dict:
     """The request's JSON object; on OpenAI's wire (no deployment in the path), with a
     model."""
-    try:
-        payload = json.loads(request.body)
-    except ValueError:
-        raise HTTPError(400, "We could not parse the JSON body of your request.") from None
-    if not isinstance(payload, dict):
-        raise HTTPError(400, "The request body must be a JSON object.")
+    payload = json_object(request, "We could not parse the JSON body of your request.",
+                          "The request body must be a JSON object.")  # fmt: skip
     if deployment is None:
         model = payload.get("model")
         if not isinstance(model, str) or not model:
