@@ -212,3 +212,118 @@ def test_statement_timeout_interrupts_a_slow_call(database, openai):
         setup="SET statement_timeout = '1s'",
     )  # fmt: skip
     assert_interrupted(call, "due to statement timeout", "azure_openai.create_embeddings")
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
+def test_retryable_statuses_are_retried(conn, openai, status):
+    openai.faults.extend([Fault(status=status)])
+    (embedding,) = conn.execute(
+        "SELECT azure_openai.create_embeddings('emb', 'text', max_attempts => 2,"
+        " retry_delay_ms => 1)"
+    ).fetchone()
+    assert len(embedding) == 384 and len(openai.recorded.snapshot()) == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "sqlstate"),
+    [(400, "22023"), (401, "28000"), (403, "42501"), (404, "42704"), (409, "22000"),
+     (424, "38000")],
+)  # fmt: skip
+def test_other_statuses_are_not_retried(conn, openai, status, sqlstate):
+    openai.faults.extend([Fault(status=status)])
+    with pytest.raises(psycopg.Error) as failed:
+        conn.execute(
+            "SELECT azure_openai.create_embeddings('emb', 'text', max_attempts => 3,"
+            " retry_delay_ms => 1)"
+        )
+    assert failed.value.sqlstate == sqlstate
+    assert f"HTTP {status} from {openai.url}/openai/deployments/emb/embeddings" in str(
+        failed.value.diag.message_primary
+    )
+    assert len(openai.recorded.snapshot()) == 1
+
+
+def test_azures_documented_examples_verbatim(conn, openai):
+    """Microsoft's examples, their vector(1536) columns vector(384) (the simulator's e5)."""
+    conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    conn.execute("DROP TABLE IF EXISTS conference_session_embeddings, conference_sessions,"
+                 " recipes, listings")  # fmt: skip
+    conn.execute(
+        "CREATE TABLE conference_sessions (session_id int PRIMARY KEY, session_abstract text)"
+    )
+    conn.execute("CREATE TABLE conference_session_embeddings (session_id int, session_embedding"
+                 " vector(384))")  # fmt: skip
+    conn.execute(
+        "INSERT INTO conference_sessions VALUES (1, 'Building chatbots with language models'),"
+        " (2, 'Tuning autovacuum on busy tables'), (3, 'Backups and point-in-time recovery')"
+    )
+    conn.execute("""
+INSERT INTO conference_session_embeddings
+    (session_id, session_embedding)
+SELECT
+    c.session_id, (azure_openai.create_embeddings('text-embedding-ada-002', c.session_abstract))
+FROM
+    conference_sessions as c
+LEFT OUTER JOIN
+    conference_session_embeddings e ON e.session_id = c.session_id
+WHERE
+    e.session_id IS NULL;""")
+    (top,) = conn.execute("""
+SELECT
+    c.*
+FROM
+    conference_session_embeddings e
+INNER JOIN
+    conference_sessions c ON c.session_id = e.session_id
+ORDER BY
+    e.session_embedding <=> azure_openai.create_embeddings('text-embedding-ada-002', 'Session to learn about building chatbots')::vector
+LIMIT 1;""").fetchall()  # noqa: E501
+    assert top == (1, "Building chatbots with language models")
+    conn.execute("CREATE TABLE recipes (rid int PRIMARY KEY, recipe_name text, cuisine_path"
+                 " text, ingredients text, nutrition text, directions text)")  # fmt: skip
+    conn.execute("INSERT INTO recipes SELECT g, 'Soup ' || g, '/Soups/', 'water, salt',"
+                 " '10 kcal', 'Boil.' FROM generate_series(1, 7) g")  # fmt: skip
+    conn.execute("ALTER TABLE recipes ADD COLUMN embedding vector(384);")
+    conn.execute("""
+WITH ro AS (
+    SELECT ro.rid
+    FROM
+        recipes ro
+    WHERE
+        ro.embedding is null
+        LIMIT 500
+)
+UPDATE
+    recipes r
+SET
+    embedding = azure_openai.create_embeddings('text-embedding-ada-002', r.recipe_name||' '||r.cuisine_path||' '||r.ingredients||' '||r.nutrition||' '||r.directions)
+FROM
+    ro
+WHERE
+    r.rid = ro.rid;""")  # noqa: E501
+    assert conn.execute("SELECT count(*) FROM recipes WHERE embedding IS NULL").fetchone() == (0,)
+    conn.execute("CREATE TABLE listings (id int, name text, description text,"
+                 " listing_vector vector(384))")  # fmt: skip
+    conn.execute("INSERT INTO listings VALUES (1, 'Loft', 'Sunny apartment full of natural light'),"
+                 " (2, 'Cellar', 'A dark basement room')")  # fmt: skip
+    conn.execute("""
+UPDATE listings
+SET listing_vector = azure_openai.create_embeddings('embedding', description, max_attempts => 5, retry_delay_ms => 500)
+WHERE listing_vector IS NULL;""")  # noqa: E501
+    nearest = conn.execute("""
+SELECT id, name FROM listings
+ORDER BY listing_vector <=> azure_openai.create_embeddings('embedding', 'bright natural light')::vector
+LIMIT 10;""").fetchall()  # noqa: E501
+    assert nearest[0] == (1, "Loft")
+    # in PL/pgSQL, into a vector variable, as Azure's recommendation tutorial does
+    notices: list[str] = []
+    conn.add_notice_handler(lambda notice: notices.append(notice.message_primary))
+    conn.execute("""
+DO $$
+DECLARE
+    query_embedding vector(384);
+BEGIN
+    query_embedding := (azure_openai.create_embeddings('text-embedding-ada-002', 'chatbots'));
+    RAISE NOTICE '%', vector_dims(query_embedding);
+END $$;""")
+    assert notices == ["384"]
