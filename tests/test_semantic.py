@@ -278,14 +278,19 @@ def test_rank_refuses_bad_arguments_before_sending(conn, cohere, arguments, mess
 
 
 def test_rank_with_a_gpt_deployment(conn, openai, cohere):
-    rows = conn.execute(
-        "SELECT (r).document_id, (r).relevance_score FROM (SELECT azure_ai.rank("
-        " query => %s, document_contents => %s::text[],"
-        " document_ids => ARRAY['Review1', 'Review2', 'Review3', 'Review4'],"
-        " model => 'gpt-4.1') AS r) ranked_reviews",
-        (QUERY, REVIEWS),
+    rows = conn.execute(  # Azure's example, verbatim
+        """SELECT azure_ai.rank(
+  query => 'Clear calling capability that blocks out background noise',
+  document_contents => ARRAY['The product has a great battery life, good design, and decent sound quality.',
+                        'These headphones are perfect for long calls and music.',
+                        'Best headphones for music lovers. Call quality could have been better.',
+                        'The product has a good design, but it is a bit heavy. Not recommended for travel.'],
+  document_ids => ARRAY['Review1', 'Review2', 'Review3', 'Review4'],
+  model => 'gpt-4.1'
+) AS ranked_reviews;"""  # noqa: E501
     ).fetchall()
-    assert [row[0] for row in rows] == [f"Review{i}" for i in e5_order(QUERY, REVIEWS)]
+    places = e5_order(QUERY, REVIEWS)
+    assert [row[0][:2] for row in rows] == [(f"Review{i}", str(n)) for n, i in enumerate(places, 1)]
     requests = openai.recorded.snapshot()
     assert len(requests) == 4 and cohere.recorded.snapshot() == []
     assert {r["path"] for r in requests} == {"/openai/deployments/gpt-4.1/chat/completions"}
