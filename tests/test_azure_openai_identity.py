@@ -1,5 +1,6 @@
-"""azure_openai.create_embeddings with auth_type = managed-identity: an Entra ID token for
-Cognitive Services from the host's identity, through azure-identity, sent as a Bearer.
+"""auth_type = managed-identity: azure_openai.create_embeddings with an Entra ID token for
+Cognitive Services, and azure_ai.rank's Cohere reranker with one for Azure ML, from the
+host's identity through azure-identity, sent as a Bearer.
 
 As in test_azure_ml_identity.py, the server gets the App Service identity protocol from its
 environment (IDENTITY_ENDPOINT, IDENTITY_HEADER), here pointing at the Azure OpenAI
@@ -16,7 +17,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from azure_ai_sim.sim import Fault, OpenAISimulator, managed_identity
+from azure_ai_sim.sim import CohereSimulator, Fault, OpenAISimulator, Simulator, managed_identity
+from azure_ai_sim.sim import cohere as cohere_sim
 from azure_ai_sim.sim.openai import COGNITIVE_SERVICES, DEFAULT_KEY
 from cluster import Cluster
 
@@ -40,7 +42,7 @@ def openai(simulator: OpenAISimulator) -> OpenAISimulator:
 
 
 @contextlib.contextmanager
-def identity_cluster(server, simulator: OpenAISimulator, identity_header: str) -> Iterator[str]:
+def identity_cluster(server, simulator: Simulator, identity_header: str) -> Iterator[str]:
     """A server of its own whose identity is the simulator's (with this X-IDENTITY-HEADER),
     azure_ai created and set up for managed-identity calls to the simulator; yields its DSN."""
     if not isinstance(server, Cluster):
@@ -192,3 +194,23 @@ def test_a_refused_call_does_not_show_the_token(conn, openai, status, sqlstate):
     assert severity == "WARNING" and f"HTTP {status}" in texts[0]
     for text in texts:
         assert not leaks(token, text) and not leaks(IDENTITY_HEADER, text)
+
+
+def test_rank_takes_a_token_for_azure_ml_when_azure_ml_uses_managed_identity(server):
+    with (
+        CohereSimulator(identity_header=IDENTITY_HEADER) as cohere,
+        identity_cluster(server, cohere, IDENTITY_HEADER) as dsn,
+        psycopg.connect(dsn, autocommit=True) as conn,
+    ):
+        for key, value in (("azure_ml.serverless_ranking_endpoint", cohere.url + "/v2/rerank"),
+                           ("azure_ml.auth_type", "managed-identity")):  # fmt: skip
+            conn.execute("SELECT azure_ai.set_setting(%s, %s)", (key, value))
+        rows = conn.execute(
+            "SELECT document_id FROM azure_ai.rank('a sleeping cat',"
+            " ARRAY['Bond yields rose in March.', 'A cat sleeps on the sofa.'])"
+        ).fetchall()
+        assert rows == [(2,), (1,)]
+        token_request, rerank = cohere.recorded.snapshot()
+    assert token_request["query"]["resource"] == "https://ml.azure.com"
+    scheme, _, token = rerank["headers"]["authorization"].partition(" ")
+    assert scheme == "Bearer" and token != cohere_sim.DEFAULT_KEY and len(token) > 20
