@@ -712,8 +712,9 @@ check_execute(Oid function)
 }
 
 /*
- * Whether the rows of a function share requests of up to 1,000 rows, each costing about
- * what one row's does: SageMaker's multi-record CSV, and azure_ml.score's.
+ * Whether the rows of a function share requests: SageMaker's multi-record CSV and
+ * azure_ml.score's (up to 1,000 rows a request, each costing about what one row's does),
+ * and Azure OpenAI's embeddings (100 texts a request).
  */
 static bool
 shares_requests(Oid function)
@@ -723,15 +724,18 @@ shares_requests(Oid function)
 
 	return schema != NULL && name != NULL &&
 		((strcmp(schema, "aws_sagemaker") == 0 && strcmp(name, "invoke_endpoint") == 0) ||
-		 (strcmp(schema, "azure_ml") == 0 && strcmp(name, "score") == 0));
+		 (strcmp(schema, "azure_ml") == 0 && strcmp(name, "score") == 0) ||
+		 (strcmp(schema, "azure_ai_internal") == 0 &&
+		  strcmp(name, "openai_embedding") == 0));
 }
 
 /*
  * Rows a batch gathers: azure_ai_sim.batch_size if set, else the smallest choice of the
- * node's functions. A function whose rows share requests fills every request in flight
- * (max_parallel_requests of 1,000 rows); the others cost per row or per few rows, and
- * take 1,000, which keeps the parallel requests busy while bounding what a LIMIT that
- * stops early has paid for.
+ * node's functions. A function whose rows share requests takes max_parallel_requests of
+ * 1,000 rows: enough to fill every request in flight, several times over for requests
+ * of fewer rows, since each batch waits for its slowest request. The others cost per
+ * row or per few rows, and take 1,000, which keeps the parallel requests busy while
+ * bounding what a LIMIT that stops early has paid for.
  */
 static int
 rows_per_batch(List *calls)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -162,6 +163,14 @@ def run_in_thread(
     outcome["thread"].start()
     ready.wait(10)
     return outcome
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    for _ in range(2000):  # a functional bound, far beyond what any of these takes
+        if condition():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"never happened: {what}")
 
 
 def assert_interrupted(call: dict, reason: str, source: str = "azure_ml.invoke") -> None:

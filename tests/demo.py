@@ -1,5 +1,5 @@
-"""`make demo`: runs demo.sql on a private cluster (or AZURE_AI_SIM_DSN) against the Azure
-ML simulator, and prints it all."""
+"""`make demo`: runs demo.sql on a private cluster (or AZURE_AI_SIM_DSN) against the local
+simulators, and prints it all."""
 
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ from pathlib import Path
 from azure_ai_sim.sim import (
     AzureMLSimulator,
     BedrockSimulator,
+    CohereSimulator,
     ComprehendSimulator,
+    OpenAISimulator,
     SageMakerSimulator,
+    cohere,
+    openai,
 )
 from cluster import Server, server_from_environment
 
@@ -26,6 +30,8 @@ def run_demo(server: Server, dsn: str, azureml: AzureMLSimulator) -> subprocess.
         SageMakerSimulator() as sagemaker,
         ComprehendSimulator() as comprehend,
         BedrockSimulator() as bedrock,
+        OpenAISimulator() as azure_openai,
+        CohereSimulator() as reranker,
         DEMO_SQL.open() as script,
     ):
         return server.run(
@@ -33,6 +39,9 @@ def run_demo(server: Server, dsn: str, azureml: AzureMLSimulator) -> subprocess.
             "-v", f"scoring_endpoint={azureml.url}/score", "-v", f"endpoint_key={KEY}",
             "-v", f"sagemaker_url={sagemaker.url}", "-v", f"comprehend_url={comprehend.url}",
             "-v", f"bedrock_url={bedrock.url}",
+            "-v", f"openai_endpoint={azure_openai.url}", "-v", f"openai_key={openai.DEFAULT_KEY}",
+            "-v", f"ranking_endpoint={reranker.url}/v2/rerank",
+            "-v", f"ranking_key={cohere.DEFAULT_KEY}",
             f"--dbname={dsn}", stdin=script, stderr=subprocess.STDOUT,
         )  # fmt: skip
 

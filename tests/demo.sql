@@ -1,7 +1,7 @@
 -- azure_ai_sim demo: SQL from the Azure Database for PostgreSQL and Aurora docs,
 -- running on a plain PostgreSQL. psql prints each statement, then its result.
--- `make demo` starts a private PostgreSQL and the Azure ML simulator, and passes the
--- simulator's address as :'scoring_endpoint'.
+-- `make demo` starts a private PostgreSQL and the simulators, and passes their addresses
+-- (:'scoring_endpoint', :'openai_endpoint', ...).
 
 -- Azure: install azure_ai (no CASCADE needed) and configure Azure ML.
 CREATE EXTENSION IF NOT EXISTS azure_ai;
@@ -70,6 +70,44 @@ FROM documents d
 ORDER BY d.doc_vector <=> azure_local_ai.create_embeddings('multilingual-e5-small:v1', 'query: ingredients for pancakes')::vector
 LIMIT 1;
 SELECT azure_local_ai.model_metadata('multilingual-e5-small:v1-int8') ->> 'source' AS built_from;
+
+-- Azure OpenAI (here the local simulator: e5 embeddings, and chat answers from a
+-- deterministic responder, not a language model) and a Cohere reranker (ranking by e5).
+SELECT azure_ai.set_setting('azure_openai.auth_type', 'subscription-key');
+SELECT azure_ai.set_setting('azure_openai.endpoint', :'openai_endpoint');
+SELECT azure_ai.set_setting('azure_openai.subscription_key', :'openai_key');
+SELECT azure_ai.set_setting('azure_ml.serverless_ranking_endpoint', :'ranking_endpoint');
+SELECT azure_ai.set_setting('azure_ml.serverless_ranking_endpoint_key', :'ranking_key');
+CREATE TEMP TABLE conference_sessions (session_id int PRIMARY KEY, title text, session_abstract text);
+INSERT INTO conference_sessions VALUES
+    (1, 'Bots that talk back', 'Building chatbots with large language models and PostgreSQL.'),
+    (2, 'Query plans', 'How the planner picks a join order, with live examples.'),
+    (3, 'Customer service assistants', 'Designing a conversational assistant that answers support questions.'),
+    (4, 'No chat here', 'This session is not about chatbots: it covers backups and restores.');
+CREATE TEMP TABLE conference_session_embeddings (session_id int PRIMARY KEY, session_embedding vector(384));
+-- Azure's example: embeddings inserted for the sessions that have none (one batched request).
+INSERT INTO conference_session_embeddings (session_id, session_embedding)
+SELECT c.session_id, (azure_openai.create_embeddings('text-embedding-ada-002', c.session_abstract))
+FROM conference_sessions as c LEFT OUTER JOIN conference_session_embeddings e ON e.session_id = c.session_id
+WHERE e.session_id IS NULL;
+SELECT c.title FROM conference_session_embeddings e INNER JOIN conference_sessions c ON c.session_id = e.session_id
+ORDER BY e.session_embedding <=> azure_openai.create_embeddings('text-embedding-ada-002', 'Session to learn about building chatbots')::vector
+LIMIT 1;
+-- A semantic query: the three nearest sessions, reranked, kept where the model agrees.
+WITH nearest AS (
+    SELECT c.* FROM conference_session_embeddings e JOIN conference_sessions c USING (session_id)
+    ORDER BY e.session_embedding <=> azure_openai.create_embeddings('text-embedding-ada-002', 'Session to learn about building chatbots')::vector
+    LIMIT 3)
+SELECT r.rank, n.title, round(r.relevance_score::numeric, 3) AS relevance
+FROM azure_ai.rank('Session to learn about building chatbots',
+                   (SELECT array_agg(session_abstract ORDER BY session_id) FROM nearest),
+                   (SELECT array_agg(session_id ORDER BY session_id) FROM nearest)) AS r
+JOIN nearest n ON n.session_id = r.document_id
+WHERE azure_ai.is_true('This session teaches chatbots: ' || n.session_abstract)
+ORDER BY r.rank;
+SELECT azure_ai.extract('The music quality is good, though the call quality could have been better. The design is sleek, but still slightly heavy for convenient travel.',
+    ARRAY['design: string - comma separated list of design features of the product',
+          'sentiment: number - sentiment score of the review; 1 (lowest) to 5 (highest)']);
 
 -- Aurora: machine learning; CASCADE pulls in aws_commons, as in the AWS docs.
 CREATE EXTENSION IF NOT EXISTS aws_ml CASCADE;

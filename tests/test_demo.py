@@ -33,6 +33,11 @@ def test_demo_runs_and_prints_results(server, database, azureml):
         re.M,
     )
     assert re.search(r"^ +1024$", output, re.MULTILINE)  # Titan v2's dimensions
+    # Azure OpenAI: a vector column filled and searched; a semantic query (rank, is_true)
+    assert re.search(r"^-+\n Bots that talk back\n\(1 row\)$", output, re.M)
+    ranked = re.findall(r"^ +(\d) \| ([\w ]+?) +\| +0\.\d{3}$", output, re.M)
+    assert ranked == [("1", "Bots that talk back"), ("2", "Customer service assistants")]
+    assert ' {"design": "The design is sleek", "sentiment": 3}' in output
     # ml_pipeline: two rows queued (one new, one changed), then everything current
     assert re.search(r"^ review_mood +\| +3 \| +1 \| +2 \| +0$", output, re.M)
     assert re.search(r"^ review_vectors +\| +3 \| +1 \| +2 \| +0$", output, re.M)

@@ -93,3 +93,85 @@ def test_a_local_server_needs_no_key():
     with OpenAISimulator(open_v1=True) as local:
         status, answer = post(f"{local.url}/v1/embeddings", {"model": "e5", "input": "x"}, {})
         assert status == 200 and len(answer["data"][0]["embedding"]) == 384
+
+
+def chat(simulator, body: dict, wire: str = "azure") -> tuple[int, dict]:
+    if wire == "azure":
+        url = f"{simulator.url}/openai/deployments/gpt-4.1/chat/completions?api-version=2024-10-21"
+        return post(url, body, {"api-key": DEFAULT_KEY})
+    return post(f"{simulator.url}/v1/chat/completions", body,
+                {"authorization": f"Bearer {DEFAULT_KEY}"})  # fmt: skip
+
+
+def strict(properties: dict) -> dict:
+    schema = {"type": "object", "properties": properties, "required": list(properties),
+              "additionalProperties": False}  # fmt: skip
+    return {"type": "json_schema", "json_schema": {"name": "t", "strict": True, "schema": schema}}
+
+
+def answer(simulator, message: str, properties: dict) -> dict:
+    status, body = chat(simulator, {"messages": [{"role": "user", "content": message}],
+                                    "response_format": strict(properties)})  # fmt: skip
+    assert status == 200, body
+    return json.loads(body["choices"][0]["message"]["content"])
+
+
+def test_chat_completions_from_a_labelled_responder(simulator):
+    status, body = chat(simulator, {"messages": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}
+    ]})  # fmt: skip
+    assert status == 200 and body["object"] == "chat.completion"
+    assert "not a language model" in body["model"]
+    (choice,) = body["choices"]
+    assert choice["message"] == {"role": "assistant", "content": "Simulated reply: Hello there",
+                                 "refusal": None}  # fmt: skip
+    usage = body["usage"]
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    status, body = chat(simulator, {"messages": [{"role": "user", "content": "Hi"}]}, wire="v1")
+    assert status == 400 and body["error"]["message"] == "you must provide a model parameter"
+
+
+def test_the_responder_follows_the_schema_by_its_rules(simulator):
+    review = "The battery lasts ten hours. The screen is dim and hard to read."
+    values = answer(simulator, review, {
+        "battery": {"type": "string", "description": "battery life"},
+        "screen": {"type": "string", "description": "the display"},
+        "stars": {"type": "integer", "description": "a score from 1 to 5"},
+        "mood": {"type": "string", "enum": ["happy", "disappointed"]},
+        "items": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 10}},
+    })  # fmt: skip
+    assert values == {"battery": "The battery lasts ten hours",
+                      "screen": "The screen is dim and hard to read", "stars": 3,
+                      "mood": values["mood"], "items": [5]}  # fmt: skip
+    assert values["mood"] in ("happy", "disappointed")
+    nullable = {"result": {"type": ["boolean", "null"]}}
+    assert answer(simulator, "Paris is in France", nullable) == {"result": True}
+    assert answer(simulator, "Paris isn't in France", nullable) == {"result": False}
+    assert answer(simulator, "Is Paris in France?", nullable) == {"result": None}
+    relevance = answer(simulator, "Query: cats\nDocument: A cat sleeps on the sofa.",
+                       {"score": {"type": "number"}})  # fmt: skip
+    unrelated = answer(simulator, "Query: cats\nDocument: Bond yields rose in March.",
+                       {"score": {"type": "number"}})  # fmt: skip
+    assert 0 <= unrelated["score"] < relevance["score"] <= 1
+
+
+@pytest.mark.parametrize(
+    ("response_format", "message"),
+    [
+        ({"type": "xml"}, "Invalid value for 'response_format.type'"),
+        ({"type": "json_schema", "json_schema": {"name": "a b", "schema": {}}},
+         "'response_format.json_schema.name' must be"),
+        ({"type": "json_schema", "json_schema": {"name": "t", "strict": True,
+          "schema": {"type": "object", "properties": {"a": {"type": "string"}}}}},
+         "Invalid schema for response_format 't': In context=(), 'additionalProperties'"),
+        ({"type": "json_schema", "json_schema": {"name": "t", "strict": True,
+          "schema": {"type": "object", "properties": {"a": {"type": "string"}},
+                     "additionalProperties": False}}},
+         "Invalid schema for response_format 't': In context=(), 'required' is required"),
+    ],
+)  # fmt: skip
+def test_response_formats_are_checked_as_openai_checks_them(simulator, response_format, message):
+    status, body = chat(simulator, {"messages": [{"role": "user", "content": "x"}],
+                                    "response_format": response_format})  # fmt: skip
+    assert status == 400 and body["error"]["message"].startswith(message)

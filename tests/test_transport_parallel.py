@@ -17,7 +17,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,7 +29,7 @@ from azure_ai_sim.sim.models import HOUSING
 from azure_ai_sim.sim.server import oversized_json
 from azure_ai_sim.transport import DEFAULT_PARALLEL_REQUESTS
 from cluster import Cluster
-from conftest import run_in_thread
+from conftest import run_in_thread, wait_until
 
 KEY = "sim-key"
 SECRET = "sk-ParallelSecretThatMustNotLeak42"
@@ -132,14 +131,6 @@ def sim(simulators) -> AzureMLSimulator:
 @pytest.fixture
 def other(simulators) -> AzureMLSimulator:
     return fresh(simulators[1])
-
-
-def wait_until(condition, what: str) -> None:
-    for _ in range(2000):  # a functional bound, far beyond what any of these takes
-        if condition():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"never happened: {what}")
 
 
 def rows(index: int) -> list[list[int]]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import azure_ai_sim
-from azure_ai_sim import pg
+from azure_ai_sim import errors, pg
 from azure_ai_sim.settings import SettingsTable, http_url, one_of, pattern, secret
 
 AUTH_TYPE = one_of("subscription-key", "managed-identity")
@@ -37,6 +39,17 @@ SETTINGS = SettingsTable(
         ),
     },
 )
+
+
+def required(settings: Mapping[str, str], key: str, example: str, otherwise: str = "") -> str:
+    """A setting the call cannot do without; missing, an error whose HINT sets it."""
+    value = settings.get(key)
+    if not value:
+        raise errors.SettingMissing(
+            f'setting "{key}" is not set',
+            hint=f"SELECT azure_ai.set_setting('{key}', '{example}');{otherwise}",
+        )
+    return value
 
 
 @pg.sql_function("azure_ai.set_setting")

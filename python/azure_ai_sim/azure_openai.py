@@ -15,76 +15,99 @@ import base64
 import binascii
 import functools
 import json
+import re
 import struct
 import sys
+import unicodedata
 from dataclasses import dataclass
 from urllib.parse import quote
 
 import azure_ai_sim
 from azure_ai_sim import aws, errors, identity, pg, redaction, transport
-from azure_ai_sim.azure_ai import SETTINGS
+from azure_ai_sim.azure_ai import SETTINGS, required
 from azure_ai_sim.azure_ml import at_least
 
 API_VERSION = "2024-10-21"  # the latest GA data-plane version
 AUDIENCE = "https://cognitiveservices.azure.com"
 DEFAULT_TIMEOUT_MS = 3_600_000
 MAX_INPUTS = 2048  # per request, Azure OpenAI's and OpenAI's limit
+MAX_INPUT_TOKENS = 8192  # per input, for every embedding model of theirs
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024  # 2,048 embeddings of 3,072 floats as JSON
 USER_AGENT = f"azure_ai_sim/{azure_ai_sim.__version__}"
+MANAGED = " or set azure_openai.auth_type to managed-identity."
 
 
 @dataclass(frozen=True)
-class _Target:
+class Target:
     """Where one call's requests go, and with which deadline, retries and credential."""
 
-    url: str
+    base: str  # the endpoint, without a trailing /
     openai: bool  # OpenAI's API rather than Azure OpenAI's
     timing: aws.Timing
     secret: str | None
     token: bool  # the secret is an Entra ID token, not a key
 
     def request(
-        self, deployment: str, texts: list[str], dimensions: int | None
+        self, deployment: str, operation: str, body: dict, rows: int, max_bytes: int
     ) -> transport.Request:
-        body: dict = {"input": texts, "encoding_format": "base64"}  # a quarter of the bytes
+        """POST body to a deployment's operation ("embeddings", "chat/completions")."""
         if self.openai:
-            body = {"model": deployment, **body}
-        if dimensions is not None:
-            body["dimensions"] = dimensions
+            url, body = f"{self.base}/v1/{operation}", {"model": deployment, **body}
+        else:
+            url = (f"{self.base}/openai/deployments/{quote(deployment, safe='')}/{operation}"
+                   f"?api-version={API_VERSION}")  # fmt: skip
         headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
         if self.secret:
             if self.token or self.openai:
                 headers["Authorization"] = f"Bearer {self.secret}"
             else:
                 headers["api-key"] = self.secret
-        url = self.url if self.openai else self.url.format(deployment=quote(deployment, safe=""))
         return transport.Request(
-            "POST", url, headers, json.dumps(body).encode(), MAX_RESPONSE_BYTES,
+            "POST", url, headers, json.dumps(body).encode(), max_bytes,
             secrets=(self.secret,) if self.secret else (), service="azure_openai",
-            endpoint=deployment, rows=len(texts),
+            endpoint=deployment, rows=rows,
         )  # fmt: skip
 
+    def check(self, text: str, argument: str) -> None:
+        """An input the service would refuse is refused before sending, as a 400 would also
+        fail the other texts of its request. The token limit is Azure OpenAI's: a server
+        of OpenAI's API (a local model's context may be longer) checks its own."""
+        if not text:
+            raise errors.InputRefused(f"{argument} must not be an empty string")
+        if not self.openai and len(text) > MAX_INPUT_TOKENS:  # fewer characters: fewer tokens
+            tokens = sum(1 for _ in _sure_tokens().finditer(text))
+            if tokens > MAX_INPUT_TOKENS:
+                raise errors.InputRefused(
+                    f"{argument} has at least {tokens} tokens; an embeddings input may have "
+                    f"at most {MAX_INPUT_TOKENS}"
+                )
 
-def _target(
+    def embeddings(
+        self, deployment: str, texts: list[str], dimensions: int | None
+    ) -> transport.Request:
+        body: dict = {"input": texts, "encoding_format": "base64"}  # a quarter of the bytes
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        return self.request(deployment, "embeddings", body, len(texts), MAX_RESPONSE_BYTES)
+
+
+def _timing(
     timeout_ms: int | None, max_attempts: int | None, retry_delay_ms: int | None
-) -> _Target:
-    timing = aws.Timing(
+) -> aws.Timing:
+    return aws.Timing(
         max_attempts=at_least("max_attempts", max_attempts, 1, default=1),
         delay_seconds=at_least("retry_delay_ms", retry_delay_ms, 0, default=1000) / 1000,
         seconds=transport.timeout_seconds(timeout_ms),
         default_seconds=DEFAULT_TIMEOUT_MS / 1000,
     )
+
+
+def target_for(timing: aws.Timing) -> Target:
+    """The settings' endpoint and credential; a managed identity's token is fetched here."""
     if pg.in_parallel_mode():
         raise errors.ParallelMode()
     settings = SETTINGS.snapshot()
-    endpoint = settings.get("azure_openai.endpoint")
-    if not endpoint:
-        raise errors.SettingMissing(
-            'setting "azure_openai.endpoint" is not set',
-            hint="SELECT azure_ai.set_setting('azure_openai.endpoint', 'https://<resource>"
-            ".openai.azure.com');",
-        )
-    base = endpoint.rstrip("/")
+    endpoint = required(settings, "azure_openai.endpoint", "https://<resource>.openai.azure.com")
     openai = settings.get("azure_openai.api_type") == "openai"
     token = not openai and settings.get("azure_openai.auth_type") == "managed-identity"
     if token:
@@ -92,15 +115,27 @@ def _target(
     else:
         secret = settings.get("azure_openai.subscription_key") or None
         redaction.remember(secret)
-        if secret is None and not openai:
-            raise errors.SettingMissing(
-                'setting "azure_openai.subscription_key" is not set',
-                hint="SELECT azure_ai.set_setting('azure_openai.subscription_key', '<key>'); "
-                "or set azure_openai.auth_type to managed-identity.",
-            )
-    azure = f"{base}/openai/deployments/{{deployment}}/embeddings?api-version={API_VERSION}"
-    url = f"{base}/v1/embeddings" if openai else azure
-    return _Target(url, openai, timing, secret, token)
+        if not openai:  # a server of OpenAI's API may take no key
+            secret = required(settings, "azure_openai.subscription_key", "<key>", MANAGED)
+    return Target(endpoint.rstrip("/"), openai, timing, secret, token)
+
+
+def _timed_target(
+    timeout_ms: int | None, max_attempts: int | None, retry_delay_ms: int | None
+) -> Target:
+    return target_for(_timing(timeout_ms, max_attempts, retry_delay_ms))
+
+
+@functools.cache
+def _sure_tokens() -> re.Pattern:
+    """Runs of letters, and numerals three at a time: \\p{L}+ and \\p{N}{1,3} in the
+    pre-tokenizers of OpenAI's tokenizers, which never put two of them in one piece. Each
+    is at least one token, so a text with too many is surely too long."""
+    numerals = "".join(
+        re.escape(chr(code)) for code in range(sys.maxunicode + 1)
+        if unicodedata.category(chr(code))[0] == "N"
+    )  # fmt: skip
+    return re.compile(f"[^\\W{numerals}_]+|[{numerals}]{{1,3}}")
 
 
 def _checked(deployment_name: str | None, dimensions: int | None) -> str:
@@ -121,9 +156,10 @@ def create_embedding(
     deployment = _checked(deployment_name, dimensions)
     if text is None:
         return None
-    target = _target(timeout_ms, max_attempts, retry_delay_ms)
-    request = target.request(deployment, [text], dimensions)
+    target = _timed_target(timeout_ms, max_attempts, retry_delay_ms)
     try:
+        target.check(text, "input")
+        request = target.embeddings(deployment, [text], dimensions)
         return _embeddings(transport.send(request, target.timing.deadline(),
                                           target.timing.policy()), 1)[0]  # fmt: skip
     except errors.CallFailed as failure:
@@ -147,10 +183,19 @@ def create_embeddings(
         raise errors.InvalidParameter(f"batch_size must be from 1 to {MAX_INPUTS}, not {size}")
     if not texts:
         return []
-    present = [i for i, text in enumerate(texts) if text is not None]
-    target = _target(timeout_ms, max_attempts, retry_delay_ms)
+    target = _timed_target(timeout_ms, max_attempts, retry_delay_ms)
+    present = []
+    for i, text in enumerate(texts):
+        if text is not None:
+            try:
+                target.check(text, f"input[{i + 1}]")
+                present.append(i)
+            except errors.InputRefused as refused:
+                if throw_on_error is not False:
+                    raise
+                pg.warning(refused, "azure_openai.create_embeddings")
     chunks = [present[start : start + size] for start in range(0, len(present), size)]
-    requests = [target.request(deployment, [texts[i] for i in chunk], dimensions)  # type: ignore[misc]
+    requests = [target.embeddings(deployment, [texts[i] for i in chunk], dimensions)  # type: ignore[misc]
                 for chunk in chunks]  # fmt: skip
     outcomes = transport.send_many(requests, target.timing.deadline, target.timing.policy())
     results: list[bytes | None] = [None] * len(texts)
@@ -185,7 +230,6 @@ def _embeddings(response: transport.Response, count: int) -> list[bytes]:
 BATCH_INPUTS = 100  # texts per request of a batch of rows, as the array form's default
 
 
-@pg.sql_function("azure_openai.create_embeddings")
 def _float32(embedding: str | list[float]) -> bytes:
     if isinstance(embedding, str):
         raw = base64.b64decode(embedding, validate=True)
@@ -198,6 +242,7 @@ def _float32(embedding: str | list[float]) -> bytes:
     return struct.pack(f"={len(embedding)}f", *embedding)
 
 
+@pg.sql_function("azure_openai.create_embeddings")
 def create_embedding_batch(
     deployment_name: list[str | None], text: list[str | None], dimensions: list[int | None],
     timeout_ms: list[int | None], throw_on_error: list[bool | None],
@@ -230,24 +275,44 @@ def create_embedding_batch(
         for row, vector in zip(rows, _embeddings(response, len(rows)), strict=True):
             batch.results[row] = vector
 
-    targets: dict[tuple, _Target | errors.Error] = {}
+    def send(target: Target, name: str, row_dimensions: int | None, chunk: list[int]) -> None:
+        request = target.embeddings(name, [text[row] for row in chunk], row_dimensions)  # type: ignore[misc]
+        exchange = aws.Exchange(chunk[0], request, target.timing, functools.partial(finish, chunk))
+        exchange.failed = functools.partial(refused, target, name, row_dimensions, chunk)
+        batch.add(exchange)
+
+    def refused(
+        target: Target, name: str, row_dimensions: int | None, chunk: list[int],
+        failure: errors.Error,
+    ) -> None:  # fmt: skip
+        """A request refused (400) may have been refused for one of its texts: each then
+        goes alone, and gets its own answer or error."""
+        if len(chunk) > 1 and failure.sqlstate == errors.http_sqlstate(400):
+            for row in chunk:
+                send(target, name, row_dimensions, [row])
+        else:
+            batch.failed(chunk, failure, throw_on_error)
+
+    targets: dict[tuple, Target | errors.Error] = {}
     for (name, row_dimensions, *timing), rows in groups.items():
         if tuple(timing) not in targets:
             try:
-                targets[tuple(timing)] = _target(*timing)
+                targets[tuple(timing)] = _timed_target(*timing)
             except errors.Error as failure:
                 targets[tuple(timing)] = failure
         target = targets[tuple(timing)]
         if isinstance(target, errors.Error):
             batch.failed(rows[:1], target, throw_on_error)
             continue
-        for start in range(0, len(rows), BATCH_INPUTS):
-            chunk = rows[start : start + BATCH_INPUTS]
-            request = target.request(name, [text[row] for row in chunk], row_dimensions)  # type: ignore[misc]
-            exchange = aws.Exchange(chunk[0], request, target.timing,
-                                    functools.partial(finish, chunk))  # fmt: skip
-            exchange.failed = functools.partial(batch.failed, chunk, throw_on_error=throw_on_error)
-            batch.add(exchange)
+        sendable = []
+        for row in rows:
+            try:
+                target.check(text[row], "input")  # type: ignore[arg-type]
+                sendable.append(row)
+            except errors.InputRefused as refusal:
+                batch.failed([row], refusal, throw_on_error)
+        for start in range(0, len(sendable), BATCH_INPUTS):
+            send(target, name, row_dimensions, sendable[start : start + BATCH_INPUTS])
     batch.run()
     batch.warn("azure_openai.create_embeddings")
     return batch.outcome()

@@ -47,7 +47,7 @@ BOOT_PROTOCOL = "0.1.0"
 # Every SQL version of our extensions that this package serves: all the versions that the
 # scripts in sql/ reach (a test checks this against them).
 SQL_VERSIONS = {
-    "azure_ai": ("0.1.0", "0.1.1", "0.1.2", "0.1.3", "0.1.4", "0.1.5"),
+    "azure_ai": ("0.1.0", "0.1.1", "0.1.2", "0.1.3", "0.1.4", "0.1.5", "0.1.6"),
     "azure_local_ai": ("0.1.0", "0.1.1", "0.1.2", "0.1.3"),
     "aws_ml": ("1.0", "2.0", "2.0.1", "2.0.2"),
     "ml_pipeline": ("0.1.0", "0.1.1", "0.1.2", "0.1.3"),

@@ -128,6 +128,13 @@ class InvalidResponse(CallFailed):
     sqlstate = "22032"  # invalid_json_text
 
 
+class InputRefused(CallFailed):
+    """An input the service would refuse (too long, empty), refused before sending: like
+    the service's own 400, with throw_on_error false it is NULL and a WARNING."""
+
+    sqlstate = "22023"  # invalid_parameter_value, as a 400
+
+
 # The SQLSTATE of an HTTP error status; others fall back to the status class.
 HTTP_SQLSTATES = {
     400: "22023",  # invalid_parameter_value: the service rejected the input

@@ -7,6 +7,7 @@ server.py for the fault-injection and request-recording control API they share.
 
 from azure_ai_sim.sim.azureml import AzureMLSimulator
 from azure_ai_sim.sim.bedrock import BedrockSimulator
+from azure_ai_sim.sim.cohere import CohereSimulator
 from azure_ai_sim.sim.comprehend import ComprehendSimulator
 from azure_ai_sim.sim.openai import OpenAISimulator
 from azure_ai_sim.sim.sagemaker import SageMakerSimulator
@@ -16,6 +17,7 @@ from azure_ai_sim.sim.sts import StsSimulator
 __all__ = [
     "AzureMLSimulator",
     "BedrockSimulator",
+    "CohereSimulator",
     "ComprehendSimulator",
     "Fault",
     "OpenAISimulator",

@@ -12,6 +12,7 @@ import sys
 
 from azure_ai_sim.sim.azureml import AzureMLSimulator
 from azure_ai_sim.sim.bedrock import BedrockSimulator
+from azure_ai_sim.sim.cohere import CohereSimulator
 from azure_ai_sim.sim.comprehend import ComprehendSimulator
 from azure_ai_sim.sim.openai import OpenAISimulator
 from azure_ai_sim.sim.sagemaker import SageMakerSimulator
@@ -25,6 +26,7 @@ SIMULATORS: list[type[Simulator]] = [
     BedrockSimulator,
     StsSimulator,
     OpenAISimulator,
+    CohereSimulator,
 ]
 
 

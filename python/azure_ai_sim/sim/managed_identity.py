@@ -14,7 +14,7 @@ import threading
 import time
 from collections import OrderedDict
 
-from azure_ai_sim.sim.server import HTTPError, Request, Response, json_response
+from azure_ai_sim.sim.server import Request, Response, json_response
 
 PATH = "/msi/token"
 DEFAULT_HEADER_SECRET = "sim-identity-header"
@@ -45,10 +45,10 @@ class ManagedIdentity:
     def issue(self, request: Request) -> Response:
         """The token endpoint; client_id and principal_id select an identity and are ignored."""
         if not same_secret(request.headers.get("x-identity-header", ""), self.header_secret):
-            raise HTTPError(401, "missing or wrong X-IDENTITY-HEADER")
+            return _refusal(401, "missing or wrong X-IDENTITY-HEADER")
         resource = request.query.get("resource", "")
         if not resource:
-            raise HTTPError(400, "the resource query parameter is required")
+            return _refusal(400, "the resource query parameter is required")
         token = secrets.token_urlsafe(32)
         expires_on = int(time.time()) + TOKEN_SECONDS
         with self._lock:
@@ -70,3 +70,9 @@ class ManagedIdentity:
         with self._lock:
             audience, expires_on = self._tokens.get(token, ("", 0.0))
         return audience == _audience(resource) and time.time() < expires_on
+
+
+def _refusal(status: int, message: str) -> Response:
+    """App Service's error body, whatever the format of the simulator serving the endpoint:
+    azure-identity reads its statusCode and message."""
+    return json_response(status, {"statusCode": status, "message": message})

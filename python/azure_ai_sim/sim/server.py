@@ -92,6 +92,17 @@ class HTTPError(Exception):
         self.headers = headers or {}
 
 
+def json_object(request: Request, not_json: str, not_object: str) -> dict:
+    """The request's body as a JSON object; otherwise a 400 with the service's words."""
+    try:
+        payload = json.loads(request.body)
+    except ValueError:
+        raise HTTPError(400, not_json) from None
+    if not isinstance(payload, dict):
+        raise HTTPError(400, not_object)
+    return payload
+
+
 class DropConnection(Exception):
     """Close the connection without answering, as a crashed or overloaded front end does."""
 
