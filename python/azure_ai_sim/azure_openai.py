@@ -32,6 +32,7 @@ AUDIENCE = "https://cognitiveservices.azure.com"
 DEFAULT_TIMEOUT_MS = 3_600_000
 MAX_INPUTS = 2048  # per request, Azure OpenAI's and OpenAI's limit
 MAX_INPUT_TOKENS = 8192  # per input, for every embedding model of theirs
+BATCH_INPUTS = 100  # texts per request of a batch of rows, as the array form's default
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024  # 2,048 embeddings of 3,072 floats as JSON
 USER_AGENT = f"azure_ai_sim/{azure_ai_sim.__version__}"
 MANAGED = " or set azure_openai.auth_type to managed-identity."
@@ -225,9 +226,6 @@ def _embeddings(response: transport.Response, count: int) -> list[bytes]:
             f"{redaction.excerpt(response.body, 100)!r}",
             request_id=response.request_id,
         ) from None
-
-
-BATCH_INPUTS = 100  # texts per request of a batch of rows, as the array form's default
 
 
 def _float32(embedding: str | list[float]) -> bytes:
