@@ -27,9 +27,12 @@ import json
 import random
 import re
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from azure_ai_sim import errors, pg
+
+T = TypeVar("T")
 
 IDLE_SECONDS = 0.1  # continuous mode: how often an empty queue is looked at again
 LEASE_PAGES = 10  # a worker looks this many batches deep for keys no other worker holds
@@ -37,6 +40,9 @@ LEASE_PAGES = 10  # a worker looks this many batches deep for keys no other work
 # failures, and PostgreSQL's serialization failures and deadlocks.
 TRANSIENT = re.compile(r"57014|53\w\w\w|58000|58030|40001|40P01")
 MAX_BACKOFF_SECONDS = 300.0
+# A run that is not continuous waits this long at most (or until its max_seconds) for a
+# row's next attempt; later ones are left to the next run.
+RETRY_WAIT_SECONDS = 60.0
 NEW, OLD = "ml_pipeline_new", "ml_pipeline_old"  # the transition tables
 # A switch: the shadow pipeline is named "<name> (next)", and fills "<target>__next" (or
 # the table "<sink>__next"); the swap renames the old one "...__old" and drops it.
@@ -590,7 +596,7 @@ def _work(name: str | None, end: float | None, continuous: bool) -> None:
             listing = _claim(name, {"step": "names"})
             worked = False
             for each in listing["names"]:
-                computed = _step_unless_gone(each)
+                computed = _unless_gone(_step, each)
                 if computed is not None:
                     worked = True
                     progress.add(each, computed)
@@ -598,11 +604,20 @@ def _work(name: str | None, end: float | None, continuous: bool) -> None:
                     worked |= _swap_when_complete(listing["swaps"][each])
                 plpy.commit()
             if not worked:
-                if not continuous:
+                limit = RETRY_WAIT_SECONDS if end is None else end - time.monotonic()
+                wait = IDLE_SECONDS if continuous else _next_attempt(listing["names"])
+                if wait is None or wait > limit and not continuous:
                     return
-                pg.sleep(IDLE_SECONDS if end is None else min(IDLE_SECONDS, end - time.monotonic()))
+                pg.sleep(min(wait, limit))
     finally:
         progress.tell()
+
+
+def _next_attempt(names: list[str]) -> float | None:
+    """Seconds until the first retry that these pipelines' queues wait for, if any."""
+    answers = [_unless_gone(_claim, name, {"step": "next attempt"}) for name in names]
+    waits = [answer["seconds"] for answer in answers if answer and answer["seconds"] is not None]
+    return min(waits, default=None)
 
 
 class _Progress:
@@ -636,11 +651,11 @@ class _Progress:
             )
 
 
-def _step_unless_gone(name: str) -> int | None:
-    """_step, unless the pipeline went since the round began (dropped, or a shadow
-    swapped in by another worker)."""
+def _unless_gone(step: Callable[..., T], *args: Any) -> T | None:
+    """A step of a pipeline, or None if the pipeline went since the round began (dropped,
+    or a shadow swapped in by another worker)."""
     try:
-        return _step(name)
+        return step(*args)
     except errors.Error as gone:
         if gone.sqlstate != "42704":
             raise
@@ -868,6 +883,17 @@ def _progress(declaration: dict, work: dict) -> dict:
     return {"left": row["queued"] + unqueued, "estimated": not declaration["backfill_done"]}
 
 
+def _next_attempt_of(declaration: dict, work: dict) -> dict:
+    """Seconds until the first queued key that waits for a retry is due; None when none
+    waits (any other queued key is due, and held by another worker)."""
+    row = _one(
+        "SELECT extract(epoch FROM min(not_before) - clock_timestamp())::float8 AS seconds"
+        " FROM ml_pipeline.queue WHERE pipeline = $1 AND not_before > clock_timestamp()",
+        declaration["name"], types=("text",),
+    )  # fmt: skip
+    return {"seconds": None if row is None else row["seconds"]}
+
+
 DESCRIBED = (
     "name", "source", "target_column", "sink", "batch_size", "max_attempts", "shadow_of",
     "schedule",
@@ -963,6 +989,7 @@ def _swap_failed(declaration: dict, work: dict) -> dict:
 OWNER_STEPS = {
     "describe": _describe, "alter": _altered, "progress": _progress, "shadow": _shadow,
     "swap": _swapped, "unshadow": _unshadowed, "swap failed": _swap_failed,
+    "next attempt": _next_attempt_of,
 }  # fmt: skip
 
 
