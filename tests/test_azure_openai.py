@@ -191,6 +191,20 @@ def test_a_refused_input_with_throw_on_error_false_is_null_and_a_warning(conn, o
         conn.execute("SELECT azure_openai.create_embeddings('emb', %s)", ("word " * 9000,))
 
 
+def test_a_failed_request_of_the_array_form_with_throw_on_error_false_stops_no_other(conn, openai):
+    warnings: list[str] = []
+    conn.add_notice_handler(lambda notice: warnings.append(notice.message_primary))
+    conn.execute("SET azure_ai_sim.max_parallel_requests = 1")  # the requests in input order
+    openai.faults.extend([Fault(status=500)])  # the first request's only attempt
+    rows = conn.execute(
+        "SELECT embedding IS NULL FROM azure_openai.create_embeddings('emb', ARRAY['a', 'b', 'c'],"
+        " batch_size => 1, throw_on_error => false)"
+    ).fetchall()
+    assert rows == [(True,), (False,), (False,)]
+    assert len(openai.recorded.snapshot()) == 3
+    assert len(warnings) == 1 and "HTTP 500" in warnings[0], warnings
+
+
 def test_a_batch_refused_for_one_text_sends_each_text_alone(conn, openai):
     conn.execute("DROP TABLE IF EXISTS notes")
     conn.execute("CREATE TABLE notes AS SELECT g AS id, 'note ' || g AS body"

@@ -198,15 +198,16 @@ def create_embeddings(
     chunks = [present[start : start + size] for start in range(0, len(present), size)]
     requests = [target.embeddings(deployment, [texts[i] for i in chunk], dimensions)  # type: ignore[misc]
                 for chunk in chunks]  # fmt: skip
-    outcomes = transport.send_many(requests, target.timing.deadline, target.timing.policy())
+    outcomes = transport.send_many(requests, target.timing.deadline, target.timing.policy(),
+                                   stop_on_error=throw_on_error is not False)  # fmt: skip
     results: list[bytes | None] = [None] * len(texts)
     for chunk, outcome in zip(chunks, outcomes, strict=True):
-        if isinstance(outcome, errors.Error) or outcome is None:
-            failure = outcome or errors.CallFailed("a request was not sent after another failed")
-            if throw_on_error is False and isinstance(failure, errors.CallFailed):
-                pg.warning(failure, "azure_openai.create_embeddings")
+        if isinstance(outcome, errors.Error):
+            if throw_on_error is False and isinstance(outcome, errors.CallFailed):
+                pg.warning(outcome, "azure_openai.create_embeddings")
                 continue
-            raise failure
+            raise outcome
+        assert outcome is not None  # a request not sent comes after a failure, raised
         for i, vector in zip(chunk, _embeddings(outcome, len(chunk)), strict=True):
             results[i] = vector
     return results

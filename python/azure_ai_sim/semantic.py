@@ -339,8 +339,9 @@ def _rate(model: str, query: str, documents: list[str]) -> list[float]:
                                    TIMING.policy())  # fmt: skip
     scores = []
     for chat, outcome in zip(chats, outcomes, strict=True):
-        if isinstance(outcome, errors.Error) or outcome is None:
-            raise outcome or errors.CallFailed("a request was not sent after another failed")
+        if isinstance(outcome, errors.Error):
+            raise outcome
+        assert outcome is not None  # a request not sent comes after a failure, raised
         scores.append(chat.answer(outcome))
     return scores
 
