@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import azure_ai_sim
-from azure_ai_sim import errors, pg
+from azure_ai_sim import errors, pg, redaction
 from azure_ai_sim.settings import SettingsTable, http_url, one_of, pattern, secret
+
+if TYPE_CHECKING:  # the settings' functions do without the network's modules
+    from azure_ai_sim import transport
 
 AUTH_TYPE = one_of("subscription-key", "managed-identity")
 
@@ -50,6 +54,22 @@ def required(settings: Mapping[str, str], key: str, example: str, otherwise: str
             hint=f"SELECT azure_ai.set_setting('{key}', '{example}');{otherwise}",
         )
     return value
+
+
+def credential(
+    settings: Mapping[str, str], auth_type: str, key: str, audience: str,
+    deadline: Callable[[], transport.Deadline],
+) -> tuple[str, bool]:  # fmt: skip
+    """The secret a call sends as its service asks, and whether it is an Entra ID token:
+    under auth_type managed-identity, the host identity's token for audience (fetched
+    within a deadline); otherwise the key setting, which the call cannot do without."""
+    if settings.get(auth_type) == "managed-identity":
+        from azure_ai_sim import identity
+
+        return identity.bearer_token(audience, deadline()), True
+    secret = required(settings, key, "<key>", f" or set {auth_type} to managed-identity.")
+    redaction.remember(secret)  # again: the remembered secrets are a bounded set
+    return secret, False
 
 
 @pg.sql_function("azure_ai.set_setting")

@@ -89,13 +89,7 @@ def _call(
     raised whatever throw_on_error says."""
     if input_data is None:
         return None
-    timing = aws.Timing(
-        max_attempts=at_least("max_attempts", max_attempts, 1, default=1),
-        delay_seconds=at_least("retry_delay_ms", retry_delay_ms, 0, default=1000) / 1000,
-        # NULL: until statement_timeout, or Azure ML's own longest request timeout
-        seconds=transport.timeout_seconds(timeout_ms),
-        default_seconds=DEFAULT_TIMEOUT_MS / 1000,
-    )
+    timing = call_timing(timeout_ms, max_attempts, retry_delay_ms, DEFAULT_TIMEOUT_MS)
     if deployment_name == "":
         raise errors.InvalidParameter("deployment_name must not be empty")
     if pg.in_parallel_mode():
@@ -205,7 +199,22 @@ def _not_in_jsonb(constant: str) -> None:
     raise ValueError(f"{constant} is not JSON")
 
 
-def at_least(name: str, value: int | None, minimum: int, *, default: int) -> int:
+def call_timing(
+    timeout_ms: int | None, max_attempts: int | None, retry_delay_ms: int | None,
+    default_timeout_ms: int,
+) -> aws.Timing:  # fmt: skip
+    """The retries and deadline that azure_ai's functions take as arguments (azure_ml.invoke,
+    azure_openai.create_embeddings): timeout_ms NULL is until statement_timeout, or the
+    service's default_timeout_ms."""
+    return aws.Timing(
+        max_attempts=_at_least("max_attempts", max_attempts, 1, default=1),
+        delay_seconds=_at_least("retry_delay_ms", retry_delay_ms, 0, default=1000) / 1000,
+        seconds=transport.timeout_seconds(timeout_ms),
+        default_seconds=default_timeout_ms / 1000,
+    )
+
+
+def _at_least(name: str, value: int | None, minimum: int, *, default: int) -> int:
     if value is None:
         return default
     if value < minimum:

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 import azure_ai_sim
-from azure_ai_sim import aws, errors, identity, pg, redaction, transport
-from azure_ai_sim.azure_ai import SETTINGS, required
-from azure_ai_sim.azure_ml import at_least
+from azure_ai_sim import aws, errors, pg, redaction, transport
+from azure_ai_sim.azure_ai import SETTINGS, credential, required
+from azure_ai_sim.azure_ml import call_timing
 
 API_VERSION = "2024-10-21"  # the latest GA data-plane version
 AUDIENCE = "https://cognitiveservices.azure.com"
@@ -35,7 +35,6 @@ MAX_INPUT_TOKENS = 8192  # per input, for every embedding model of theirs
 BATCH_INPUTS = 100  # texts per request of a batch of rows, as the array form's default
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024  # 2,048 embeddings of 3,072 floats as JSON
 USER_AGENT = f"azure_ai_sim/{azure_ai_sim.__version__}"
-MANAGED = " or set azure_openai.auth_type to managed-identity."
 
 
 @dataclass(frozen=True)
@@ -92,17 +91,6 @@ class Target:
         return self.request(deployment, "embeddings", body, len(texts), MAX_RESPONSE_BYTES)
 
 
-def _timing(
-    timeout_ms: int | None, max_attempts: int | None, retry_delay_ms: int | None
-) -> aws.Timing:
-    return aws.Timing(
-        max_attempts=at_least("max_attempts", max_attempts, 1, default=1),
-        delay_seconds=at_least("retry_delay_ms", retry_delay_ms, 0, default=1000) / 1000,
-        seconds=transport.timeout_seconds(timeout_ms),
-        default_seconds=DEFAULT_TIMEOUT_MS / 1000,
-    )
-
-
 def target_for(timing: aws.Timing) -> Target:
     """The settings' endpoint and credential; a managed identity's token is fetched here."""
     if pg.in_parallel_mode():
@@ -110,21 +98,20 @@ def target_for(timing: aws.Timing) -> Target:
     settings = SETTINGS.snapshot()
     endpoint = required(settings, "azure_openai.endpoint", "https://<resource>.openai.azure.com")
     openai = settings.get("azure_openai.api_type") == "openai"
-    token = not openai and settings.get("azure_openai.auth_type") == "managed-identity"
-    if token:
-        secret = identity.bearer_token(AUDIENCE, timing.deadline())
-    else:
-        secret = settings.get("azure_openai.subscription_key") or None
+    if openai:  # a server of OpenAI's API may take no key, and knows no managed identity
+        secret, token = settings.get("azure_openai.subscription_key") or None, False
         redaction.remember(secret)
-        if not openai:  # a server of OpenAI's API may take no key
-            secret = required(settings, "azure_openai.subscription_key", "<key>", MANAGED)
+    else:
+        secret, token = credential(settings, "azure_openai.auth_type",
+                                   "azure_openai.subscription_key", AUDIENCE,
+                                   timing.deadline)  # fmt: skip
     return Target(endpoint.rstrip("/"), openai, timing, secret, token)
 
 
 def _timed_target(
     timeout_ms: int | None, max_attempts: int | None, retry_delay_ms: int | None
 ) -> Target:
-    return target_for(_timing(timeout_ms, max_attempts, retry_delay_ms))
+    return target_for(call_timing(timeout_ms, max_attempts, retry_delay_ms, DEFAULT_TIMEOUT_MS))
 
 
 @functools.cache

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from azure_ai_sim import aws, azure_ml, errors, identity, pg, redaction, transport
-from azure_ai_sim.azure_ai import SETTINGS, required
+from azure_ai_sim import aws, azure_ml, errors, pg, redaction, transport
+from azure_ai_sim.azure_ai import SETTINGS, credential, required
 from azure_ai_sim.azure_openai import DEFAULT_TIMEOUT_MS, USER_AGENT, Target, target_for
 
 TIMING = aws.Timing(3, 1.0, None, DEFAULT_TIMEOUT_MS / 1000)
@@ -357,12 +357,9 @@ def _rerank(model: str, query: str, documents: list[str]) -> list[float]:
     if not parts.path.rstrip("/").endswith("/rerank"):
         parts = parts._replace(path=f"{parts.path.rstrip('/')}/v2/rerank")
     url = urlunsplit(parts)
-    if settings.get("azure_ml.auth_type") == "managed-identity":
-        secret = identity.bearer_token(azure_ml.AUDIENCE, TIMING.deadline())
-    else:
-        secret = required(settings, "azure_ml.serverless_ranking_endpoint_key", "<key>",
-                          " or set azure_ml.auth_type to managed-identity.")  # fmt: skip
-        redaction.remember(secret)
+    secret, _ = credential(settings, "azure_ml.auth_type",
+                           "azure_ml.serverless_ranking_endpoint_key", azure_ml.AUDIENCE,
+                           TIMING.deadline)  # fmt: skip
     body = {"model": model, "query": query, "documents": documents}
     headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
                "Authorization": f"Bearer {secret}"}  # fmt: skip
