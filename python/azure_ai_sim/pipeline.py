@@ -606,7 +606,7 @@ def _work(name: str | None, end: float | None, continuous: bool) -> None:
             if not worked:
                 limit = RETRY_WAIT_SECONDS if end is None else end - time.monotonic()
                 wait = IDLE_SECONDS if continuous else _next_attempt(listing["names"])
-                if wait is None or wait > limit and not continuous:
+                if wait is None or (not continuous and wait > limit):
                     return
                 pg.sleep(min(wait, limit))
     finally:
@@ -891,7 +891,8 @@ def _next_attempt_of(declaration: dict, work: dict) -> dict:
         " FROM ml_pipeline.queue WHERE pipeline = $1 AND not_before > clock_timestamp()",
         declaration["name"], types=("text",),
     )  # fmt: skip
-    return {"seconds": None if row is None else row["seconds"]}
+    assert row is not None  # an aggregate's one row
+    return {"seconds": row["seconds"]}
 
 
 DESCRIBED = (
