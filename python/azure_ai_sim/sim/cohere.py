@@ -96,12 +96,10 @@ class CohereSimulator(KeyedE5Simulator):
 
     def _scores(self, query: str, documents: list[str]) -> list[float]:
         """e5's cosine similarity of the query and each document, clamped to [0, 1]."""
-        texts = [f"query: {query}", *(f"passage: {document}" for document in documents)]
         try:
-            vectors = self.e5.embed_cached(texts)
+            similarities = self.e5.similarities(query, documents)
         except ModelMissing as missing:
             raise HTTPError(500, str(missing)) from None
-        similarities = vectors[1:] @ vectors[0]  # the vectors are L2-normalised
         return [round(min(1.0, max(0.0, float(s))), 6) for s in similarities]
 
     def _rerank(self, request: Request, version: str, request_id: str) -> Response:

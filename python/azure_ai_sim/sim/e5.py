@@ -81,6 +81,12 @@ class E5:
         embed = model.embed_alike if self.exact else model.embed
         return numpy.stack(embed(texts, MAX_RUN_BATCH))
 
+    def similarities(self, query: str, passages: list[str]) -> Any:
+        """The cosine similarity of e5's "query: " embedding of the query and its "passage: "
+        embedding of each passage (embed_cached)."""
+        vectors = self.embed_cached([f"query: {query}", *(f"passage: {p}" for p in passages)])
+        return vectors[1:] @ vectors[0]  # the vectors are L2-normalised
+
     def embed_cached(self, texts: list[str]) -> Any:
         """embed, each text computed once: a benchmark sends the same texts round after
         round, and should measure its client, not the simulator's model."""

@@ -43,7 +43,14 @@ from azure_ai_sim.sim import managed_identity
 from azure_ai_sim.sim.e5 import E5_DIMENSIONS, ModelMissing
 from azure_ai_sim.sim.keyed import KeyedE5Simulator
 from azure_ai_sim.sim.responder import Responder
-from azure_ai_sim.sim.server import Endpoint, HTTPError, Request, Response, json_object
+from azure_ai_sim.sim.server import (
+    Endpoint,
+    HTTPError,
+    Request,
+    Response,
+    json_object,
+    json_response,
+)
 
 DEFAULT_KEY = "sim-openai-key"
 COGNITIVE_SERVICES = "https://cognitiveservices.azure.com"
@@ -176,8 +183,7 @@ class OpenAISimulator(KeyedE5Simulator):
             "model": MODEL_LABEL,
             "usage": {"prompt_tokens": sum(tokens), "total_tokens": sum(tokens)},
         }
-        return Response(200, json.dumps(body, separators=(",", ":")).encode(),
-                        {"content-type": "application/json"})  # fmt: skip
+        return json_response(200, body)
 
     def _chat(self, request: Request, deployment: str | None) -> Response:
         payload = _payload(request, deployment)
@@ -209,8 +215,7 @@ class OpenAISimulator(KeyedE5Simulator):
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         }  # fmt: skip
-        return Response(200, json.dumps(body, separators=(",", ":")).encode(),
-                        {"content-type": "application/json"})  # fmt: skip
+        return json_response(200, body)
 
 
 def _inputs(value: Any) -> list[str]:

@@ -79,8 +79,7 @@ class Responder:
             low, high = float(described[1]), float(described[2])
         pair = QUERY_AND_DOCUMENT.search(message)
         if pair:
-            query, document = self.e5.embed_cached([f"query: {pair[1]}", f"passage: {pair[2]}"])
-            score = min(1.0, max(0.0, float(query @ document)))
+            score = min(1.0, max(0.0, float(self.e5.similarities(pair[1], [pair[2]])[0])))
             low, high = (0.0, 1.0) if low is None or high is None else (low, high)
             return round(low + (high - low) * score, 6)
         if low is not None and high is not None:
@@ -92,6 +91,4 @@ class Responder:
         """The value whose candidate text is closest in meaning to text (e5)."""
         if len(values) == 1:
             return values[0]
-        vectors = self.e5.embed_cached([f"query: {text}", *(f"passage: {c}" for c in candidates)])
-        scores = vectors[1:] @ vectors[0]
-        return values[int(scores.argmax())]
+        return values[int(self.e5.similarities(text, candidates).argmax())]
