@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import pytest
 
-from azure_ai_sim.sim import AzureMLSimulator
-from cluster import Server, server_from_environment
+from azure_ai_sim.sim import AzureMLSimulator, OpenAISimulator, Simulator, managed_identity
+from cluster import Cluster, Server, server_from_environment
+
+AnySimulator = TypeVar("AnySimulator", bound=Simulator)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -46,10 +49,51 @@ def azureml_simulator() -> Iterator[AzureMLSimulator]:
 
 @pytest.fixture
 def azureml(azureml_simulator: AzureMLSimulator) -> AzureMLSimulator:
+    return cleared(azureml_simulator)
+
+
+@pytest.fixture(scope="module")
+def openai_simulator() -> Iterator[OpenAISimulator]:
+    """The Azure OpenAI (and OpenAI) simulator, with its default key."""
+    with OpenAISimulator() as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def openai(openai_simulator: OpenAISimulator) -> OpenAISimulator:
+    return cleared(openai_simulator)
+
+
+def cleared(simulator: AnySimulator) -> AnySimulator:
     """The simulator with no faults queued and no requests recorded."""
-    azureml_simulator.faults.clear()
-    azureml_simulator.recorded.clear()
-    return azureml_simulator
+    simulator.faults.clear()
+    simulator.recorded.clear()
+    return simulator
+
+
+def set_settings(conn: psycopg.Connection, settings: dict[str, str | None]) -> None:
+    """azure_ai.set_setting of each key (NULL: unset)."""
+    for key, value in settings.items():
+        conn.execute("SELECT azure_ai.set_setting(%s, %s)", (key, value))
+
+
+@contextlib.contextmanager
+def identity_cluster(
+    server: Server, simulator: Simulator, identity_header: str, settings: dict[str, str | None]
+) -> Iterator[str]:
+    """A server of its own whose host identity is the simulator's (App Service's protocol,
+    with this X-IDENTITY-HEADER, from the server's environment), azure_ai created and
+    these settings set; yields its DSN."""
+    if not isinstance(server, Cluster):
+        pytest.skip("needs a server started by the tests, with the identity in its environment")
+    cluster = Cluster()
+    cluster.env.update(
+        IDENTITY_ENDPOINT=simulator.url + managed_identity.PATH, IDENTITY_HEADER=identity_header
+    )
+    with cluster, psycopg.connect(cluster.dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION azure_ai")
+        set_settings(conn, settings)
+        yield cluster.dsn
 
 
 @pytest.fixture(scope="module")

@@ -10,26 +10,19 @@ import psycopg
 import pytest
 
 from azure_ai_sim.sim.models import HOUSING
-from cluster import Cluster
+from conftest import identity_cluster
 
 
 @contextlib.contextmanager
 def identity_session(server, azureml, identity_header):
     """A session on a server of its own whose identity is the simulator's, set up for
     managed-identity calls to it."""
-    if not isinstance(server, Cluster):
-        pytest.skip("needs a server started by the tests, with the identity in its environment")
-    cluster = Cluster()
-    cluster.env.update(
-        IDENTITY_ENDPOINT=azureml.url + "/msi/token", IDENTITY_HEADER=identity_header
-    )
-    with cluster, psycopg.connect(cluster.dsn, autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION azure_ai")
-        conn.execute(
-            "SELECT azure_ai.set_setting('azure_ml.scoring_endpoint', %s)",
-            (azureml.url + "/score",),
-        )
-        conn.execute("SELECT azure_ai.set_setting('azure_ml.auth_type', 'managed-identity')")
+    settings = {"azure_ml.scoring_endpoint": azureml.url + "/score",
+                "azure_ml.auth_type": "managed-identity"}  # fmt: skip
+    with (
+        identity_cluster(server, azureml, identity_header, settings) as dsn,
+        psycopg.connect(dsn, autocommit=True) as conn,
+    ):
         yield conn
 
 

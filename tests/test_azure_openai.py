@@ -8,29 +8,20 @@ import json
 import psycopg
 import pytest
 
-from azure_ai_sim.sim import Fault, OpenAISimulator
+from azure_ai_sim.sim import Fault
 from azure_ai_sim.sim.openai import DEFAULT_KEY
-from conftest import assert_interrupted, run_in_thread
+from conftest import assert_interrupted, run_in_thread, set_settings
 
 TEXTS = ["The cat sat on the mat.", "A cat was sitting on a mat.", "Stock markets fell today."]
 
 
-@pytest.fixture(scope="module")
-def openai():
-    with OpenAISimulator() as simulator:
-        yield simulator
-
-
 @pytest.fixture
 def conn(database, openai):
-    openai.faults.clear()
-    openai.recorded.clear()
     with psycopg.connect(database, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS azure_ai")
-        for key, value in (("azure_openai.endpoint", openai.url),
-                           ("azure_openai.subscription_key", DEFAULT_KEY),
-                           ("azure_openai.api_type", "azure")):  # fmt: skip
-            conn.execute("SELECT azure_ai.set_setting(%s, %s)", (key, value))
+        set_settings(conn, {"azure_openai.endpoint": openai.url,
+                            "azure_openai.subscription_key": DEFAULT_KEY,
+                            "azure_openai.api_type": "azure"})  # fmt: skip
         yield conn
 
 

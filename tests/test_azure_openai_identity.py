@@ -9,7 +9,6 @@ simulator, which issues the tokens and then accepts them; so this needs servers 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import secrets
 from collections.abc import Iterator
@@ -17,10 +16,10 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from azure_ai_sim.sim import CohereSimulator, Fault, OpenAISimulator, Simulator, managed_identity
+from azure_ai_sim.sim import CohereSimulator, Fault, OpenAISimulator, managed_identity
 from azure_ai_sim.sim import cohere as cohere_sim
 from azure_ai_sim.sim.openai import COGNITIVE_SERVICES, DEFAULT_KEY
-from cluster import Cluster
+from conftest import cleared, identity_cluster
 
 IDENTITY_HEADER = secrets.token_hex(16)  # random: no run of it is a word of a message
 DOCS_QUERY = "SELECT azure_openai.create_embeddings('text-embedding-ada-002', 'Your text here')"
@@ -35,33 +34,17 @@ def simulator() -> Iterator[OpenAISimulator]:
 
 @pytest.fixture
 def openai(simulator: OpenAISimulator) -> OpenAISimulator:
-    """The simulator with no faults queued and no requests recorded."""
-    simulator.faults.clear()
-    simulator.recorded.clear()
-    return simulator
+    return cleared(simulator)
 
 
-@contextlib.contextmanager
-def identity_cluster(server, simulator: Simulator, identity_header: str) -> Iterator[str]:
-    """A server of its own whose identity is the simulator's (with this X-IDENTITY-HEADER),
-    azure_ai created and set up for managed-identity calls to the simulator; yields its DSN."""
-    if not isinstance(server, Cluster):
-        pytest.skip("needs a server started by the tests, with the identity in its environment")
-    cluster = Cluster()
-    cluster.env.update(
-        IDENTITY_ENDPOINT=simulator.url + managed_identity.PATH, IDENTITY_HEADER=identity_header
-    )
-    with cluster, psycopg.connect(cluster.dsn, autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION azure_ai")
-        for key, value in (("azure_openai.endpoint", simulator.url),
-                           ("azure_openai.auth_type", "managed-identity")):  # fmt: skip
-            conn.execute("SELECT azure_ai.set_setting(%s, %s)", (key, value))
-        yield cluster.dsn
+def openai_identity(simulator: OpenAISimulator) -> dict[str, str | None]:
+    """The settings of managed-identity calls to the Azure OpenAI simulator."""
+    return {"azure_openai.endpoint": simulator.url, "azure_openai.auth_type": "managed-identity"}
 
 
 @pytest.fixture(scope="module")
 def identity_dsn(server, simulator: OpenAISimulator) -> Iterator[str]:
-    with identity_cluster(server, simulator, IDENTITY_HEADER) as dsn:
+    with identity_cluster(server, simulator, IDENTITY_HEADER, openai_identity(simulator)) as dsn:
         yield dsn
 
 
@@ -136,7 +119,7 @@ def test_a_refused_identity_says_why(server, openai):
     nothing of the header (the right one or the one sent) in the error."""
     wrong = secrets.token_hex(16)
     with (
-        identity_cluster(server, openai, wrong) as dsn,
+        identity_cluster(server, openai, wrong, openai_identity(openai)) as dsn,
         psycopg.connect(dsn, autocommit=True) as conn,
         pytest.raises(psycopg.errors.InvalidAuthorizationSpecification) as caught,  # 28000
     ):
@@ -197,20 +180,19 @@ def test_a_refused_call_does_not_show_the_token(conn, openai, status, sqlstate):
 
 
 def test_rank_takes_a_token_for_azure_ml_when_azure_ml_uses_managed_identity(server):
-    with (
-        CohereSimulator(identity_header=IDENTITY_HEADER) as cohere,
-        identity_cluster(server, cohere, IDENTITY_HEADER) as dsn,
-        psycopg.connect(dsn, autocommit=True) as conn,
-    ):
-        for key, value in (("azure_ml.serverless_ranking_endpoint", cohere.url + "/v2/rerank"),
-                           ("azure_ml.auth_type", "managed-identity")):  # fmt: skip
-            conn.execute("SELECT azure_ai.set_setting(%s, %s)", (key, value))
-        rows = conn.execute(
-            "SELECT document_id FROM azure_ai.rank('a sleeping cat',"
-            " ARRAY['Bond yields rose in March.', 'A cat sleeps on the sofa.'])"
-        ).fetchall()
-        assert rows == [(2,), (1,)]
-        token_request, rerank = cohere.recorded.snapshot()
+    with CohereSimulator(identity_header=IDENTITY_HEADER) as cohere:
+        settings = {"azure_ml.serverless_ranking_endpoint": cohere.url + "/v2/rerank",
+                    "azure_ml.auth_type": "managed-identity"}  # fmt: skip
+        with (
+            identity_cluster(server, cohere, IDENTITY_HEADER, settings) as dsn,
+            psycopg.connect(dsn, autocommit=True) as conn,
+        ):
+            rows = conn.execute(
+                "SELECT document_id FROM azure_ai.rank('a sleeping cat',"
+                " ARRAY['Bond yields rose in March.', 'A cat sleeps on the sofa.'])"
+            ).fetchall()
+            assert rows == [(2,), (1,)]
+            token_request, rerank = cohere.recorded.snapshot()
     assert token_request["query"]["resource"] == "https://ml.azure.com"
     scheme, _, token = rerank["headers"]["authorization"].partition(" ")
     assert scheme == "Bearer" and token != cohere_sim.DEFAULT_KEY and len(token) > 20

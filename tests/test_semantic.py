@@ -9,11 +9,11 @@ import json
 import psycopg
 import pytest
 
-from azure_ai_sim.sim import CohereSimulator, Fault, OpenAISimulator
+from azure_ai_sim.sim import CohereSimulator, Fault
 from azure_ai_sim.sim import cohere as cohere_sim
 from azure_ai_sim.sim.e5 import E5, default_model_dir
 from azure_ai_sim.sim.openai import DEFAULT_KEY
-from conftest import assert_interrupted, run_in_thread, wait_until
+from conftest import assert_interrupted, cleared, run_in_thread, set_settings, wait_until
 
 REVIEWS = [
     "The product has a great battery life, good design, and decent sound quality.",
@@ -25,31 +25,26 @@ QUERY = "Clear calling capability that blocks out background noise"
 
 
 @pytest.fixture(scope="module")
-def openai():
-    with OpenAISimulator() as simulator:
-        yield simulator
-
-
-@pytest.fixture(scope="module")
-def cohere():
+def cohere_simulator():
     with CohereSimulator() as simulator:
         yield simulator
 
 
 @pytest.fixture
+def cohere(cohere_simulator):
+    return cleared(cohere_simulator)
+
+
+@pytest.fixture
 def conn(database, openai, cohere):
-    for simulator in (openai, cohere):
-        simulator.faults.clear()
-        simulator.recorded.clear()
     with psycopg.connect(database, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS azure_ai")
-        for key, value in (("azure_openai.endpoint", openai.url),
-                           ("azure_openai.subscription_key", DEFAULT_KEY),
-                           ("azure_openai.api_type", "azure"),
-                           ("azure_ml.serverless_ranking_endpoint", f"{cohere.url}/v2/rerank"),
-                           ("azure_ml.serverless_ranking_endpoint_key", cohere_sim.DEFAULT_KEY),
-                           ):  # fmt: skip
-            conn.execute("SELECT azure_ai.set_setting(%s, %s)", (key, value))
+        set_settings(conn, {
+            "azure_openai.endpoint": openai.url, "azure_openai.subscription_key": DEFAULT_KEY,
+            "azure_openai.api_type": "azure",
+            "azure_ml.serverless_ranking_endpoint": f"{cohere.url}/v2/rerank",
+            "azure_ml.serverless_ranking_endpoint_key": cohere_sim.DEFAULT_KEY,
+        })  # fmt: skip
         yield conn
 
 
